@@ -1,0 +1,523 @@
+'use strict'
+
+// Real services for the tests: a redis-server and a CloudFront-compatible
+// server (moto), each started on a free loopback port and stopped after.
+// Every process started here is killed when the test process exits.
+// `bash scripts/install-test-services.sh` installs both (npm test runs it).
+
+const fs = require('node:fs')
+const net = require('node:net')
+const os = require('node:os')
+const path = require('node:path')
+const { spawn } = require('node:child_process')
+
+const { cloudFrontApi } = require('./moto')
+
+const REPO_ROOT = path.resolve(__dirname, '..', '..')
+const HOST = '127.0.0.1'
+const REDIS_START_TIMEOUT_MS = 20_000
+const MOTO_START_TIMEOUT_MS = 60_000
+const STOP_TIMEOUT_MS = 10_000
+const REDIS_COMMAND_TIMEOUT_MS = 30_000
+const OUTPUT_LIMIT = 64 * 1024
+const INSTALL_HINT = 'run `bash scripts/install-test-services.sh` (npm test does it)'
+
+/**
+ * Dummy AWS settings for the tracker under test: fixed credentials, a region,
+ * and no reading of the developer's own AWS files or instance metadata.
+ */
+const awsTestEnv = Object.freeze({
+  AWS_ACCESS_KEY_ID: 'testing',
+  AWS_SECRET_ACCESS_KEY: 'testing',
+  AWS_SESSION_TOKEN: 'testing',
+  AWS_REGION: 'us-east-1',
+  AWS_DEFAULT_REGION: 'us-east-1',
+  AWS_EC2_METADATA_DISABLED: 'true',
+  AWS_CONFIG_FILE: os.devNull,
+  AWS_SHARED_CREDENTIALS_FILE: os.devNull
+})
+
+/**
+ * Puts `awsTestEnv` into process.env and removes variables that would point
+ * the SDK elsewhere (AWS_PROFILE, AWS_ENDPOINT_URL*). Returns a function that
+ * restores the previous environment.
+ */
+function useAwsTestEnv () {
+  const saved = { ...process.env }
+  for (const name of Object.keys(process.env)) {
+    if (name === 'AWS_PROFILE' || name.startsWith('AWS_ENDPOINT_URL')) delete process.env[name]
+  }
+  Object.assign(process.env, awsTestEnv)
+  return () => {
+    for (const name of Object.keys(process.env)) {
+      if (!(name in saved)) delete process.env[name]
+    }
+    Object.assign(process.env, saved)
+  }
+}
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms))
+
+// ---------------------------------------------------------------------------
+// Processes
+
+const liveServices = new Set()
+const tempDirs = new Set()
+
+function killEverythingNow () {
+  for (const service of liveServices) {
+    try {
+      service.child.kill('SIGKILL')
+    } catch {
+      // Already gone.
+    }
+  }
+  liveServices.clear()
+  for (const dir of tempDirs) fs.rmSync(dir, { recursive: true, force: true })
+  tempDirs.clear()
+}
+
+process.on('exit', killEverythingNow)
+for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP']) {
+  process.once(signal, () => {
+    killEverythingNow()
+    // Keep the signal's usual effect unless someone else handles it.
+    if (process.listenerCount(signal) === 0) process.kill(process.pid, signal)
+  })
+}
+
+const portsHandedOut = new Set()
+
+/** A TCP port on 127.0.0.1 that was free a moment ago (never the same twice). */
+async function freePort () {
+  for (let attempt = 0; attempt < 50; attempt++) {
+    const port = await new Promise((resolve, reject) => {
+      const server = net.createServer()
+      server.unref()
+      server.on('error', reject)
+      server.listen(0, HOST, () => {
+        const { port } = server.address()
+        server.close(() => resolve(port))
+      })
+    })
+    if (!portsHandedOut.has(port)) {
+      portsHandedOut.add(port)
+      return port
+    }
+  }
+  throw new Error('freePort: no new free port found')
+}
+
+// Spawns a long-running server process. It does not keep the test process
+// alive on its own, and it is killed when the test process exits.
+function spawnService (name, command, args, options = {}) {
+  const child = spawn(command, args, {
+    cwd: options.cwd,
+    env: options.env ?? process.env,
+    stdio: ['ignore', 'pipe', 'pipe'],
+    detached: false
+  })
+  let output = ''
+  const keep = (chunk) => {
+    output += chunk.toString('utf8')
+    if (output.length > OUTPUT_LIMIT) output = output.slice(-OUTPUT_LIMIT)
+  }
+  child.stdout.on('data', keep)
+  child.stderr.on('data', keep)
+
+  const service = {
+    name,
+    child,
+    exited: false,
+    exitCode: null,
+    exitSignal: null,
+    spawnError: null,
+    output: () => output,
+    failure (what) {
+      const cause = service.spawnError
+      const hint = cause?.code === 'ENOENT' ? ` (${command} not found: ${INSTALL_HINT})` : ''
+      const status = service.exited ? `, exit code ${service.exitCode}, signal ${service.exitSignal}` : ''
+      const tail = output.trim() ? `\n--- ${name} output ---\n${output.trim().slice(-4000)}` : ''
+      return new Error(`${name} ${what}${hint}${status}${tail}`, { cause })
+    }
+  }
+  service.exitPromise = new Promise((resolve) => {
+    const done = (code, signal) => {
+      if (service.exited) return
+      service.exited = true
+      service.exitCode = code
+      service.exitSignal = signal
+      liveServices.delete(service)
+      resolve()
+    }
+    child.on('exit', done)
+    child.on('error', (error) => {
+      service.spawnError = error
+      if (child.pid === undefined) done(null, null)
+    })
+  })
+  liveServices.add(service)
+  child.unref()
+  child.stdout.unref()
+  child.stderr.unref()
+  return service
+}
+
+// Resolves true once `promise` settles, or false after `ms`; the timer is
+// cleared either way, and keeps the test process alive meanwhile.
+async function settlesWithin (promise, ms) {
+  let timer
+  const timeout = new Promise((resolve) => { timer = setTimeout(resolve, ms, false) })
+  try {
+    return await Promise.race([promise.then(() => true), timeout])
+  } finally {
+    clearTimeout(timer)
+  }
+}
+
+// Stops a service with `signal`, then SIGKILL if it lingers.
+async function stopService (service, { signal = 'SIGTERM', timeoutMs = STOP_TIMEOUT_MS } = {}) {
+  if (service.exited) return
+  service.child.kill(signal)
+  if (await settlesWithin(service.exitPromise, timeoutMs)) return
+  service.child.kill('SIGKILL')
+  if (!(await settlesWithin(service.exitPromise, STOP_TIMEOUT_MS))) {
+    throw service.failure('did not stop after SIGKILL')
+  }
+}
+
+// ---------------------------------------------------------------------------
+// A minimal RESP2 client: enough to look at what Redis really holds.
+
+/** An error reply from Redis (the text after '-'). */
+class RedisReplyError extends Error {
+  constructor (message) {
+    super(message)
+    this.name = 'RedisReplyError'
+    this.code = message.split(' ', 1)[0]
+  }
+}
+
+function encodeCommand (args) {
+  const parts = [Buffer.from(`*${args.length}\r\n`)]
+  for (const arg of args) {
+    const bytes = Buffer.isBuffer(arg) ? arg : Buffer.from(String(arg), 'utf8')
+    parts.push(Buffer.from(`$${bytes.length}\r\n`), bytes, Buffer.from('\r\n'))
+  }
+  return Buffer.concat(parts)
+}
+
+// Parses one reply at `offset`: { value, offset } or null when incomplete.
+function parseReply (buffer, offset) {
+  const lineEnd = buffer.indexOf('\r\n', offset)
+  if (lineEnd === -1) return null
+  const type = String.fromCharCode(buffer[offset])
+  const line = buffer.toString('utf8', offset + 1, lineEnd)
+  const next = lineEnd + 2
+  switch (type) {
+    case '+':
+      return { value: line, offset: next }
+    case '-':
+      return { value: new RedisReplyError(line), offset: next }
+    case ':': {
+      const n = Number(line)
+      return { value: Number.isSafeInteger(n) ? n : BigInt(line), offset: next }
+    }
+    case '$': {
+      const length = Number(line)
+      if (length < 0) return { value: null, offset: next }
+      if (buffer.length < next + length + 2) return null
+      return { value: buffer.toString('utf8', next, next + length), offset: next + length + 2 }
+    }
+    case '*': {
+      const count = Number(line)
+      if (count < 0) return { value: null, offset: next }
+      const items = []
+      let at = next
+      for (let i = 0; i < count; i++) {
+        const item = parseReply(buffer, at)
+        if (item === null) return null
+        items.push(item.value)
+        at = item.offset
+      }
+      return { value: items, offset: at }
+    }
+    default:
+      throw new Error(`RESP: unexpected reply type ${JSON.stringify(type)}`)
+  }
+}
+
+/**
+ * A raw Redis client on `port`: `command(...args)` resolves with the reply
+ * (string, number, null, array; an error reply rejects with RedisReplyError).
+ * It connects on first use and again after the connection drops.
+ */
+function redisClient (port) {
+  let socket = null
+  let buffer = Buffer.alloc(0)
+  let pending = []
+
+  function failAll (error) {
+    const waiting = pending
+    pending = []
+    for (const { reject, timer } of waiting) {
+      clearTimeout(timer)
+      reject(error)
+    }
+  }
+
+  function connect () {
+    const s = net.createConnection({ host: HOST, port })
+    s.setNoDelay(true)
+    s.on('data', (chunk) => {
+      buffer = buffer.length ? Buffer.concat([buffer, chunk]) : chunk
+      let offset = 0
+      try {
+        for (;;) {
+          const reply = parseReply(buffer, offset)
+          if (reply === null) break
+          offset = reply.offset
+          const waiter = pending.shift()
+          if (!waiter) throw new Error('RESP: reply without a command')
+          clearTimeout(waiter.timer)
+          if (reply.value instanceof RedisReplyError) waiter.reject(reply.value)
+          else waiter.resolve(reply.value)
+        }
+      } catch (error) {
+        s.destroy(error)
+        return
+      }
+      buffer = buffer.subarray(offset)
+      if (pending.length === 0) s.unref()
+    })
+    const drop = (error) => {
+      if (socket !== s) return
+      socket = null
+      buffer = Buffer.alloc(0)
+      failAll(error ?? new Error(`Redis connection to ${HOST}:${port} closed`))
+    }
+    s.on('error', drop)
+    s.on('close', () => drop())
+    return s
+  }
+
+  function command (...args) {
+    if (args.length === 0) return Promise.reject(new TypeError('command: no arguments'))
+    if (!socket) socket = connect()
+    const s = socket
+    s.ref()
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        s.destroy(new Error(`Redis command ${args[0]} timed out after ${REDIS_COMMAND_TIMEOUT_MS} ms`))
+      }, REDIS_COMMAND_TIMEOUT_MS)
+      pending.push({ resolve, reject, timer })
+      s.write(encodeCommand(args))
+    })
+  }
+
+  function close () {
+    if (!socket) return
+    const s = socket
+    socket = null
+    buffer = Buffer.alloc(0)
+    failAll(new Error('Redis client closed'))
+    s.destroy()
+  }
+
+  return { command, close }
+}
+
+// ---------------------------------------------------------------------------
+// redis-server
+
+async function waitForRedis (service, port) {
+  const client = redisClient(port)
+  const deadline = Date.now() + REDIS_START_TIMEOUT_MS
+  try {
+    while (Date.now() < deadline) {
+      if (service.exited) throw service.failure('exited before answering PING')
+      try {
+        if ((await client.command('PING')) === 'PONG') return
+      } catch {
+        // Not listening yet.
+      }
+      client.close()
+      await sleep(50)
+    }
+    throw service.failure(`did not answer PING within ${REDIS_START_TIMEOUT_MS} ms`)
+  } finally {
+    client.close()
+  }
+}
+
+async function launchRedis (port, dir, extraArgs) {
+  fs.mkdirSync(dir, { recursive: true })
+  const args = [
+    '--port', String(port),
+    '--bind', HOST,
+    '--save', '',
+    '--appendonly', 'no',
+    '--dir', dir,
+    '--daemonize', 'no',
+    '--logfile', '',
+    ...extraArgs
+  ]
+  const service = spawnService('redis-server', process.env.REDIS_SERVER || 'redis-server', args)
+  try {
+    await waitForRedis(service, port)
+  } catch (error) {
+    await stopService(service, { signal: 'SIGKILL' })
+    throw error
+  }
+  return service
+}
+
+/**
+ * Starts a redis-server on a free loopback port, without persistence, and
+ * resolves once it answers PING.
+ * @param {{ args?: string[] }} [options] extra redis-server arguments
+ * @returns {Promise<{ port: number, host: string, url: string, client: ReturnType<typeof redisClient>,
+ *   stop(options?: { signal?: string }): Promise<void>, restart(options?: { signal?: string }): Promise<void>,
+ *   kill(): Promise<void>, pid: number, logs(): string }>}
+ */
+async function startRedis ({ args = [] } = {}) {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cf-invalidation-tracker-redis-'))
+  tempDirs.add(dir)
+  let port
+  let service
+  let lastError
+  for (let attempt = 0; attempt < 3 && !service; attempt++) {
+    port = await freePort()
+    try {
+      service = await launchRedis(port, dir, args)
+    } catch (error) {
+      lastError = error
+      // Only a port taken in between is worth another port.
+      if (!/Address already in use/i.test(error.message)) break
+    }
+  }
+  if (!service) {
+    fs.rmSync(dir, { recursive: true, force: true })
+    tempDirs.delete(dir)
+    throw lastError
+  }
+
+  const client = redisClient(port)
+
+  async function stopProcess (options) {
+    client.close()
+    await stopService(service, options)
+  }
+
+  return {
+    port,
+    host: HOST,
+    url: `redis://${HOST}:${port}`,
+    client,
+    get pid () { return service.child.pid },
+    logs: () => service.output(),
+    /** Stops the server (SIGTERM by default) and removes its directory. */
+    async stop (options) {
+      await stopProcess(options)
+      fs.rmSync(dir, { recursive: true, force: true })
+      tempDirs.delete(dir)
+    },
+    /** Kills the server at once (SIGKILL), as a crash would. */
+    kill: () => stopProcess({ signal: 'SIGKILL' }),
+    /** Stops the server and starts a new, empty one on the same port. */
+    async restart (options) {
+      await stopProcess(options)
+      tempDirs.add(dir)
+      let error
+      // The port was just released; retry briefly should anything hold it.
+      for (let attempt = 0; attempt < 5; attempt++) {
+        try {
+          service = await launchRedis(port, dir, args)
+          return
+        } catch (e) {
+          error = e
+          await sleep(200)
+        }
+      }
+      throw error
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------
+// moto_server
+
+/**
+ * The moto_server executable: $MOTO_SERVER, else the repository's .venv, else
+ * `moto_server` on PATH when there is no .venv.
+ */
+function motoServerCommand () {
+  if (process.env.MOTO_SERVER) return process.env.MOTO_SERVER
+  const venv = path.join(REPO_ROOT, '.venv')
+  if (fs.existsSync(venv)) return path.join(venv, 'bin', 'moto_server')
+  return 'moto_server'
+}
+
+async function waitForHttp (service, endpoint) {
+  const deadline = Date.now() + MOTO_START_TIMEOUT_MS
+  while (Date.now() < deadline) {
+    if (service.exited) throw service.failure('exited before answering HTTP')
+    try {
+      const response = await fetch(`${endpoint}/moto-api/`, { signal: AbortSignal.timeout(2_000) })
+      await response.arrayBuffer()
+      if (response.status < 500) return
+    } catch {
+      // Not listening yet.
+    }
+    await sleep(100)
+  }
+  throw service.failure(`did not answer HTTP within ${MOTO_START_TIMEOUT_MS} ms`)
+}
+
+/**
+ * Starts moto on a free loopback port and resolves once it answers HTTP.
+ * Besides `port`, `endpoint` and `stop()`, the handle has the CloudFront API
+ * methods of `cloudFrontApi` (see ./moto.js): createDistribution,
+ * createInvalidation, listInvalidations, getInvalidation, allInvalidatedPaths,
+ * reset, request.
+ */
+async function startMoto () {
+  const command = motoServerCommand()
+  let lastError
+  for (let attempt = 0; attempt < 3; attempt++) {
+    const port = await freePort()
+    const endpoint = `http://${HOST}:${port}`
+    const service = spawnService('moto_server', command, ['-H', HOST, '-p', String(port)])
+    try {
+      await waitForHttp(service, endpoint)
+    } catch (error) {
+      lastError = error
+      const exitedEarly = service.exited
+      await stopService(service, { signal: 'SIGKILL' })
+      // Exiting early may be a port taken in between: worth another port.
+      if (exitedEarly && !service.spawnError) continue
+      throw error
+    }
+    return {
+      port,
+      endpoint,
+      get pid () { return service.child.pid },
+      logs: () => service.output(),
+      stop: (options) => stopService(service, options),
+      ...cloudFrontApi(endpoint)
+    }
+  }
+  throw lastError
+}
+
+module.exports = {
+  startRedis,
+  startMoto,
+  freePort,
+  redisClient,
+  RedisReplyError,
+  awsTestEnv,
+  useAwsTestEnv,
+  motoServerCommand,
+  cloudFrontApi
+}

@@ -1,0 +1,189 @@
+'use strict'
+
+const { NativeTracker } = require('./binding.js')
+const { parseOptions } = require('./lib/options')
+const { Store } = require('./lib/store')
+const { argType, argValue, fromNative, fromCoded } = require('./lib/errors')
+
+const MAX_URL_LENGTH = 4000
+
+function checkUrl (url, name = 'url') {
+  if (typeof url !== 'string') throw argType(name, 'of type string', url)
+  if (url.length === 0) throw argValue(name, 'must not be empty', url)
+}
+
+function checkTtl (ttl, name = 'ttlInSec') {
+  if (typeof ttl !== 'number') throw argType(name, 'of type number', ttl)
+  if (!Number.isFinite(ttl) || ttl < 0) throw argValue(name, 'must be a finite number >= 0', ttl)
+}
+
+/**
+ * Tracks the URLs a server serves and invalidates them on CloudFront. Every method returns a Promise; one nobody
+ * awaits never becomes an unhandled rejection: its failure goes to the logger.
+ */
+class Tracker {
+  constructor (options) {
+    const { native, logger, dispatch } = parseOptions(options)
+    this._logger = logger
+    const log = logger ? ({ level, message }) => logger[level](message) : undefined
+    this._native = new NativeTracker(native, log, dispatch)
+    this._window = -1
+    this._written = null
+    for (const m of ['storeUrl', 'setUrlTTL', 'removeUrl', 'listUrls', 'flush', 'disconnect', 'sendInvalidation']) {
+      this[m] = this[m].bind(this)
+    }
+  }
+
+  /** Logs a failure and returns the promise, marked handled so that nobody has to await it. */
+  _settle (what, promise) {
+    promise.catch((err) => { if (this._logger) this._logger.error(`cf-invalidation-tracker: ${what} failed: ${err.message}`) })
+    return promise
+  }
+
+  _run (what, fn) {
+    let promise
+    try {
+      promise = Promise.resolve(fn()).catch((err) => { throw fromNative(err) })
+    } catch (err) {
+      promise = Promise.reject(fromNative(err))
+    }
+    return this._settle(what, promise)
+  }
+
+  /**
+   * Tracks a URL. `ttlInSec` (or `{ ttl }`) stops tracking it after that many seconds; `{ wildcard: true }` tracks a
+   * wildcard prefix the caller asks for. Resolves once the URL is in the store (writes are batched).
+   */
+  storeUrl (url, ttlInSec) {
+    let window
+    try {
+      checkUrl(url)
+      let ttl
+      let wildcard = false
+      if (ttlInSec !== undefined && ttlInSec !== null) {
+        if (typeof ttlInSec === 'object') {
+          ttl = ttlInSec.ttl ?? undefined
+          wildcard = ttlInSec.wildcard === true
+          if (ttl !== undefined) checkTtl(ttl, 'options.ttl')
+        } else {
+          checkTtl(ttlInSec)
+          ttl = ttlInSec
+        }
+      }
+      window = this._native.track(url, ttl, wildcard)
+    } catch (err) {
+      return this._settle('storeUrl', Promise.reject(fromNative(err)))
+    }
+    if (window !== this._window) {
+      this._window = window
+      this._written = this._settle('storeUrl', this._native.written(window).catch((err) => { throw fromNative(err) }))
+    }
+    return this._written
+  }
+
+  /** Changes how long a tracked URL stays tracked (0: until it is sent). */
+  setUrlTTL (url, ttlInSec) {
+    return this._run('setUrlTTL', () => {
+      checkUrl(url)
+      checkTtl(ttlInSec)
+      return this._native.setTtl(url, ttlInSec)
+    })
+  }
+
+  /** Stops tracking a URL (the original's 404-handler call). */
+  removeUrl (url) {
+    return this._run('removeUrl', () => {
+      checkUrl(url)
+      return this._native.remove(url)
+    })
+  }
+
+  /** Resolves to every URL the next send will invalidate. */
+  listUrls () {
+    return this._run('listUrls', () => this._native.list())
+  }
+
+  /** Writes buffered URLs to the store now. */
+  flush () {
+    return this._run('flush', () => this._native.flush())
+  }
+
+  /** Writes buffered URLs and closes the store's connections; the next call reconnects. */
+  disconnect () {
+    return this._run('disconnect', () => this._native.disconnect())
+  }
+
+  /** The path a URL is tracked and sent as. Throws on a URL that cannot become a path. */
+  normalize (url) {
+    checkUrl(url)
+    try {
+      return this._native.normalize(url)
+    } catch (err) {
+      throw fromNative(err)
+    }
+  }
+
+  /**
+   * Sends every tracked URL to CloudFront, forgets exactly what CloudFront accepted, then disconnects.
+   * `{ wait: true }` polls until every invalidation completed; `{ dryRun: true }` only reports what it would send.
+   * Rejects (with `err.report`) when batches had to be kept for a later send.
+   */
+  sendInvalidation (options = {}) {
+    return this._run('sendInvalidation', async () => {
+      if (options === null || typeof options !== 'object') throw argType('options', 'of type object', options)
+      const wait = options.wait === true
+      const dryRun = options.dryRun === true
+      let raw
+      try {
+        raw = await this._native.send(wait, dryRun)
+      } finally {
+        await this._native.disconnect().catch(() => {})
+      }
+      const { error, ...report } = raw
+      if (!dryRun && report.paths === 0 && report.batches.length === 0 && this._logger) {
+        this._logger.info('Nothing to invalidate')
+      }
+      if (error) {
+        const err = fromCoded(error)
+        err.report = report
+        throw err
+      }
+      return report
+    })
+  }
+
+  /** Express/connect middleware that tracks cacheable responses (see the README). */
+  middleware (options) {
+    return require('./lib/middleware').middleware(this, options)
+  }
+
+  /** The account's distributions, with their origins. */
+  listDistributions () {
+    return this._run('listDistributions', () => this._native.listDistributions())
+  }
+
+  /** The status of one invalidation (`InProgress`, `Completed`). */
+  invalidationStatus (id) {
+    return this._run('invalidationStatus', () => {
+      checkUrl(id, 'id')
+      return this._native.invalidationStatus(id)
+    })
+  }
+}
+
+/** `require('cf-invalidation-tracker')(options)`: the original factory. */
+function createTracker (options) {
+  return new Tracker(options)
+}
+
+createTracker.Tracker = Tracker
+createTracker.Store = Store
+createTracker.createTracker = createTracker
+createTracker.default = createTracker
+createTracker.MAX_URL_LENGTH = MAX_URL_LENGTH
+Object.defineProperties(createTracker, {
+  invalidateS3Event: { enumerable: true, get: () => require('./lib/s3').invalidateS3Event },
+  findDistributionByOrigin: { enumerable: true, get: () => require('./lib/s3').findDistributionByOrigin }
+})
+
+module.exports = createTracker

@@ -1,0 +1,142 @@
+'use strict'
+
+// Validates the options of the original package's shape (plus this version's) and turns them into the native
+// tracker's flat options. Throws before anything is created; does no I/O.
+
+const { argType, argValue } = require('./errors')
+const { missingMethods, optionalMethods, dispatcher } = require('./store')
+
+const MISSING_CF = 'Missing CloudFront secret key, access key, or distribution ID'
+const UINT32_MAX = 0xffffffff
+
+function isObject (v) {
+  return v !== null && typeof v === 'object' && !Array.isArray(v)
+}
+
+function optString (obj, key, where) {
+  const v = obj[key]
+  if (v === undefined || v === null) return undefined
+  if (typeof v !== 'string') throw argType(`${where}.${key}`, 'of type string', v)
+  return v
+}
+
+function optInt (options, key, min, max) {
+  const v = options[key]
+  if (v === undefined || v === null) return undefined
+  if (typeof v !== 'number') throw argType(`options.${key}`, 'of type number', v)
+  if (!Number.isInteger(v) || v < min || v > max) {
+    throw argValue(`options.${key}`, `must be an integer from ${min} to ${max}`, v)
+  }
+  return v
+}
+
+function parseCf (cf) {
+  if (cf === undefined || cf === null) throw new Error(MISSING_CF)
+  if (!isObject(cf)) throw argType('options.cf', 'of type object', cf)
+  const accessKey = optString(cf, 'access_key', 'options.cf') ?? optString(cf, 'accessKeyId', 'options.cf')
+  const secretKey = optString(cf, 'secret_key', 'options.cf') ?? optString(cf, 'secretAccessKey', 'options.cf')
+  const dist = optString(cf, 'dist', 'options.cf')
+  if (!dist || Boolean(accessKey) !== Boolean(secretKey)) throw new Error(MISSING_CF)
+  const endpoint = optString(cf, 'endpoint', 'options.cf')
+  if (endpoint !== undefined && !/^https?:\/\/[^\s]+$/.test(endpoint)) {
+    throw argValue('options.cf.endpoint', 'must be an http(s) URL', endpoint)
+  }
+  return {
+    dist,
+    accessKey: accessKey || undefined,
+    secretKey: secretKey || undefined,
+    sessionToken: optString(cf, 'session_token', 'options.cf') ?? optString(cf, 'sessionToken', 'options.cf'),
+    region: optString(cf, 'region', 'options.cf'),
+    endpoint
+  }
+}
+
+/** The Redis URL for the original's forms: `{ REDIS_URL }`, `{ port, hostname, password }`, `{ url }`, `true`. */
+function redisUrl (redis, env) {
+  if (redis === true) return env.REDIS_URL || 'redis://127.0.0.1:6379'
+  if (typeof redis === 'string') return redis
+  if (!isObject(redis)) throw argType('options.redis', 'an object, a URL string or true', redis)
+  const url = optString(redis, 'url', 'options.redis') ?? optString(redis, 'REDIS_URL', 'options.redis')
+  if (url !== undefined) {
+    if (!/^rediss?:\/\//.test(url)) throw argValue('options.redis.url', 'must be a redis:// or rediss:// URL', url)
+    return url
+  }
+  const host = optString(redis, 'hostname', 'options.redis') ?? optString(redis, 'host', 'options.redis') ?? '127.0.0.1'
+  const port = redis.port === undefined || redis.port === null ? 6379 : Number(redis.port)
+  if (!Number.isInteger(port) || port < 1 || port > 65535) throw argValue('options.redis.port', 'must be a port number', redis.port)
+  const password = optString(redis, 'password', 'options.redis')
+  const auth = password ? `:${encodeURIComponent(password)}@` : ''
+  const h = host.includes(':') && !host.startsWith('[') ? `[${host}]` : host
+  return `redis://${auth}${h}:${port}`
+}
+
+function parseLogger (logger) {
+  if (logger === undefined || logger === null || logger === true) return console
+  if (logger === false) return null
+  if (!isObject(logger) && typeof logger !== 'function') throw argType('options.logger', 'an object with info, warn and error methods, or false', logger)
+  for (const m of ['info', 'warn', 'error']) {
+    if (typeof logger[m] !== 'function') throw argType(`options.logger.${m}`, 'a function', logger[m])
+  }
+  return logger
+}
+
+/**
+ * Parses user options. Returns `{ native, logger, store }`: the native options, the logger (or null), and the JS
+ * store's dispatcher (or undefined).
+ */
+function parseOptions (options, env = process.env) {
+  if (options === undefined || options === null) throw new Error('Missing options')
+  if (!isObject(options)) throw argType('options', 'of type object', options)
+  const cf = parseCf(options.cf)
+  const native = { ...cf }
+  let dispatch
+  const { store, redis } = options
+  if (store !== undefined && store !== null) {
+    if (typeof store === 'string') {
+      if (store !== 'memory://' && store !== 'memory') throw argValue('options.store', "must be 'memory://' or a store object", store)
+      native.store = 'memory'
+    } else if (isObject(store) || typeof store === 'function') {
+      const missing = missingMethods(store)
+      if (missing.length) {
+        throw argType('options.store', `a store with ${missing.map((m) => `'${m}'`).join(', ')} (missing)`, store)
+      }
+      native.store = 'js'
+      native.storeMethods = optionalMethods(store)
+      dispatch = dispatcher(store)
+    } else {
+      throw argType('options.store', "'memory://' or a store object", store)
+    }
+  } else if (redis !== undefined && redis !== null && redis !== false) {
+    native.store = 'redis'
+    native.redisUrl = redisUrl(redis, env)
+    if (isObject(redis)) native.redisPrefix = optString(redis, 'prefix', 'options.redis')
+    if (native.redisPrefix === '') throw argValue('options.redis.prefix', 'must not be empty', '')
+  } else {
+    throw new Error('Options must contain a store')
+  }
+
+  native.batchSize = optInt(options, 'batchSize', 1, 3000)
+  native.maxPaths = optInt(options, 'maxPaths', 1, UINT32_MAX)
+  native.maxTrackedUrls = optInt(options, 'maxTrackedUrls', 1, UINT32_MAX)
+  native.sendTimeoutMs = optInt(options, 'sendTimeoutMs', 1, UINT32_MAX)
+  native.pollIntervalMs = optInt(options, 'pollIntervalMs', 1, UINT32_MAX)
+  native.leaseMs = optInt(options, 'leaseMs', 1, UINT32_MAX)
+  native.flushIntervalMs = optInt(options, 'flushIntervalMs', 1, 60000)
+  native.storeTimeoutMs = optInt(options, 'storeTimeoutMs', 1, UINT32_MAX)
+  native.bufferCapacity = optInt(options, 'bufferCapacity', 1, UINT32_MAX)
+  const qs = options.queryStrings
+  if (qs !== undefined && qs !== null) {
+    if (typeof qs !== 'string') throw argType('options.queryStrings', "'keep', 'strip' or 'wildcard'", qs)
+    if (!['keep', 'strip', 'wildcard'].includes(qs)) throw argValue('options.queryStrings', "must be 'keep', 'strip' or 'wildcard'", qs)
+    native.queryStrings = qs
+  }
+  const index = options.indexDocument
+  if (index !== undefined && index !== null) {
+    if (typeof index !== 'string') throw argType('options.indexDocument', 'of type string', index)
+    if (!/^[^/?#*]+$/.test(index)) throw argValue('options.indexDocument', "must be a file name such as 'index.html'", index)
+    native.indexDocument = index
+  }
+  return { native, logger: parseLogger(options.logger), dispatch }
+}
+
+module.exports = { parseOptions, redisUrl, MISSING_CF }

@@ -1,0 +1,83 @@
+'use strict'
+
+// The store contract of the original package, and the adapter that lets the native core call any store object.
+
+const REQUIRED = ['set', 'getAllKeys', 'clearAll']
+const OPTIONAL = ['connect', 'disconnect', 'isConnected', 'del', 'setTTL']
+
+/**
+ * Base class of custom stores, as in the original package. Extend it (or set `MyStore.prototype.__proto__ =
+ * Store.prototype`) and implement `set`, `getAllKeys` and `clearAll`; `connect`, `disconnect`, `isConnected`, `del`
+ * and `setTTL` are optional. Any method may return a value, return a Promise, or (with a callback parameter) call back
+ * node-style.
+ */
+class Store {
+  /** Stores `key` (a URL path) with `value` (always 1). */
+  set (key, value) { throw new Error("Missing 'set' implementation!") }
+  /** Calls back `(err, keys)` with every stored key (or returns them, or a Promise of them). */
+  getAllKeys (callback) { throw new Error("Missing 'getAllKeys' implementation!") }
+  /** Removes every stored key. */
+  clearAll () { throw new Error("Missing 'clearAll' implementation!") }
+}
+
+/** Names of the required methods `store` lacks (an inherited base-class placeholder counts as lacking). */
+function missingMethods (store) {
+  return REQUIRED.filter((m) => typeof store[m] !== 'function' || store[m] === Store.prototype[m])
+}
+
+/** Names of the optional methods `store` has. */
+function optionalMethods (store) {
+  return OPTIONAL.filter((m) => typeof store[m] === 'function')
+}
+
+/**
+ * Calls `store[method](...args)` with `this` bound to the store, whatever its style: a returned value or thenable,
+ * or a node-style callback when the function declares one more parameter than `args`.
+ */
+function invoke (store, method, args) {
+  const fn = store[method]
+  return new Promise((resolve, reject) => {
+    const usesCallback = fn.length > args.length
+    let settled = false
+    const callback = (err, value) => {
+      if (settled) return
+      settled = true
+      if (err) reject(err)
+      else resolve(value)
+    }
+    const result = usesCallback ? fn.call(store, ...args, callback) : fn.call(store, ...args)
+    if (result && typeof result.then === 'function') {
+      settled = true
+      result.then(resolve, reject)
+    } else if (!usesCallback) {
+      settled = true
+      resolve(result)
+    }
+  })
+}
+
+/**
+ * The function the native core calls for every store operation: `({ method, key, value }) => Promise`. Connects first
+ * when the store says it is not connected, as the original did.
+ */
+function dispatcher (store) {
+  const has = new Set(optionalMethods(store))
+  async function ensureConnected () {
+    if (!has.has('isConnected') || !has.has('connect')) return
+    if (!(await invoke(store, 'isConnected', []))) await invoke(store, 'connect', [])
+  }
+  return async function call ({ method, key, value }) {
+    if (method !== 'disconnect') await ensureConnected()
+    switch (method) {
+      case 'set': return void (await invoke(store, 'set', [key, value]))
+      case 'setTTL': return void (await invoke(store, 'setTTL', [key, value]))
+      case 'del': return void (await invoke(store, 'del', [key]))
+      case 'getAllKeys': return invoke(store, 'getAllKeys', [])
+      case 'clearAll': return void (await invoke(store, 'clearAll', []))
+      case 'disconnect': return void (await invoke(store, 'disconnect', []))
+      default: throw new Error(`unknown store method ${method}`)
+    }
+  }
+}
+
+module.exports = { Store, missingMethods, optionalMethods, dispatcher, REQUIRED, OPTIONAL }

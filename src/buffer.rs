@@ -1,0 +1,218 @@
+//! The write-behind buffer behind `storeUrl`: calls land in a hash map that collapses duplicates (the latest TTL
+//! wins); one writer moves it to the store in pipelined batches. Callers learn when their window reached the store.
+
+use crate::error::{Error, Result};
+use crate::store::{Entry, PutOutcome, Store};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::{watch, Notify};
+
+/// How far the buffer has reached the store.
+#[derive(Clone, Default)]
+struct Progress {
+    /// Every window up to this one is in the store.
+    written: u64,
+    /// Every window up to this one had a failed write attempt (its URLs stay buffered and are retried).
+    failed: u64,
+    error: Option<Arc<Error>>,
+}
+
+#[derive(Default)]
+struct Pending {
+    entries: HashMap<String, Option<u64>>,
+    overflow: BTreeSet<String>,
+    window: u64,
+}
+
+/// A bounded, deduplicating buffer of URLs on their way to the store.
+pub struct WriteBuffer {
+    pending: Mutex<Pending>,
+    /// Serialises take-and-write, so a later write of a URL never lands before an earlier one.
+    writer: tokio::sync::Mutex<()>,
+    progress: watch::Sender<Progress>,
+    wake: Notify,
+    capacity: usize,
+    threshold: usize,
+}
+
+impl WriteBuffer {
+    /// A buffer holding at most `capacity` distinct URLs; the writer is woken when `threshold` are waiting.
+    pub fn new(capacity: usize, threshold: usize) -> Self {
+        Self {
+            pending: Mutex::new(Pending {
+                window: 1,
+                ..Pending::default()
+            }),
+            writer: tokio::sync::Mutex::new(()),
+            progress: watch::channel(Progress::default()).0,
+            wake: Notify::new(),
+            capacity: capacity.max(1),
+            threshold: threshold.clamp(1, capacity.max(1)),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        self.pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Buffers one URL and returns the window it will be written in. When the buffer is full, a URL not already in
+    /// it is covered by its overflow wildcard instead (never dropped, never unbounded).
+    pub fn push(&self, path: String, expires_at: Option<u64>) -> u64 {
+        let mut p = self.lock();
+        let len = p.entries.len();
+        if len < self.capacity || p.entries.contains_key(&path) {
+            p.entries.insert(path, expires_at);
+        } else {
+            let wildcard = crate::paths::overflow_wildcard(&path);
+            crate::store::memory::add_overflow(&mut p.overflow, &wildcard);
+        }
+        let window = p.window;
+        let wake = len + 1 == self.threshold;
+        drop(p);
+        if wake {
+            self.wake.notify_one();
+        }
+        window
+    }
+
+    /// Forgets a buffered URL (it was removed before it reached the store).
+    pub fn forget(&self, path: &str) {
+        self.lock().entries.remove(path);
+    }
+
+    /// Changes the expiry of a buffered URL; false when it is not buffered.
+    pub fn set_expiry(&self, path: &str, expires_at: Option<u64>) -> bool {
+        match self.lock().entries.get_mut(path) {
+            Some(e) => {
+                *e = expires_at;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// URLs waiting to be written.
+    pub fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+
+    /// True when nothing waits to be written.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Resolves when `window` reached the store, or fails with the error of its first failed write attempt.
+    pub async fn written(&self, window: u64) -> Result<()> {
+        let mut rx = self.progress.subscribe();
+        let progress = rx
+            .wait_for(|p| p.written >= window || p.failed >= window)
+            .await
+            .map_err(|_| Error::Internal("the write buffer was dropped".into()))?;
+        if progress.written >= window {
+            return Ok(());
+        }
+        Err(progress.error.as_ref().map_or_else(
+            || Error::Internal("write failed".into()),
+            |e| e.as_ref().clone(),
+        ))
+    }
+
+    /// Writes everything buffered now to the store.
+    pub async fn flush(&self, store: &dyn Store, max_tracked: usize) -> Result<PutOutcome> {
+        let _writer = self.writer.lock().await;
+        let (entries, overflow, window) = {
+            let mut p = self.lock();
+            let window = p.window;
+            p.window += 1;
+            (
+                std::mem::take(&mut p.entries),
+                std::mem::take(&mut p.overflow),
+                window,
+            )
+        };
+        let batch: Vec<Entry> = entries
+            .iter()
+            .map(|(path, exp)| Entry {
+                path: path.clone(),
+                expires_at: *exp,
+            })
+            .collect();
+        let overflow: Vec<String> = overflow.into_iter().collect();
+        let result = async {
+            let mut outcome = PutOutcome::default();
+            if !batch.is_empty() {
+                outcome = store.put(&batch, max_tracked).await?;
+            }
+            if !overflow.is_empty() {
+                store.put_overflow(&overflow).await?;
+                outcome.overflowed += overflow.len();
+            }
+            Ok::<_, Error>(outcome)
+        }
+        .await;
+        match result {
+            Ok(outcome) => {
+                self.progress
+                    .send_modify(|p| p.written = p.written.max(window));
+                Ok(outcome)
+            }
+            Err(e) => {
+                // Keep what could not be written; anything pushed since is newer and wins.
+                let mut p = self.lock();
+                for (path, exp) in entries {
+                    p.entries.entry(path).or_insert(exp);
+                }
+                for w in overflow {
+                    crate::store::memory::add_overflow(&mut p.overflow, &w);
+                }
+                drop(p);
+                let shared = Arc::new(e.clone());
+                self.progress.send_modify(|p| {
+                    p.failed = p.failed.max(window);
+                    p.error = Some(shared);
+                });
+                Err(e)
+            }
+        }
+    }
+
+    /// Waits until the flush interval passes or enough URLs are waiting.
+    pub async fn tick(&self, interval: std::time::Duration) {
+        let _ = tokio::time::timeout(interval, self.wake.notified()).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryStore;
+
+    #[tokio::test]
+    async fn duplicates_collapse_and_latest_ttl_wins() {
+        let buf = WriteBuffer::new(100, 50);
+        let store = MemoryStore::new();
+        let w1 = buf.push("/a".into(), Some(1));
+        let w2 = buf.push("/a".into(), None);
+        buf.push("/b".into(), None);
+        assert_eq!(w1, w2);
+        assert_eq!(buf.len(), 2);
+        buf.flush(&store, usize::MAX).await.unwrap();
+        buf.written(w1).await.unwrap();
+        assert_eq!(store.list().await.unwrap(), vec!["/a", "/b"]);
+    }
+
+    #[tokio::test]
+    async fn a_full_buffer_overflows_into_wildcards() {
+        let buf = WriteBuffer::new(2, 2);
+        let store = MemoryStore::new();
+        buf.push("/x/1".into(), None);
+        buf.push("/x/2".into(), None);
+        buf.push("/img/3".into(), None);
+        let outcome = buf.flush(&store, usize::MAX).await.unwrap();
+        assert_eq!(outcome.overflowed, 1);
+        let claims = store.claim(1000).await.unwrap();
+        assert_eq!(claims[0].overflow, vec!["/img/*"]);
+    }
+}

@@ -1,0 +1,438 @@
+#![deny(clippy::all)]
+//! cf-invalidation-tracker: track every URL a Node.js server serves and invalidate exactly those paths on CloudFront.
+//!
+//! This file is the whole Node.js surface: option structs, the exported class and functions, and error mapping.
+//! Everything below it is plain async Rust.
+
+pub mod buffer;
+pub mod cloudfront;
+pub mod error;
+pub mod paths;
+pub mod send;
+pub mod store;
+pub mod tracker;
+
+use crate::cloudfront::CfConfig;
+use crate::error::Error;
+use crate::paths::{PathRules, QueryStrings};
+use crate::send::{Log, SendConfig, SendOptions, SendReport};
+use crate::store::js::{Dispatch, JsStore};
+use crate::store::memory::MemoryStore;
+use crate::store::redis::{RedisConfig, RedisStore};
+use crate::store::Store;
+use crate::tracker::{Tracker, TrackerConfig};
+use futures::FutureExt;
+use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
+use napi::Status;
+use napi_derive::napi;
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Separates the stable error code from the message; index.js turns it into `err.code`.
+const CODE_SEP: char = '\u{1}';
+
+fn to_js(e: Error) -> napi::Error {
+    napi::Error::new(Status::GenericFailure, format!("{}{CODE_SEP}{e}", e.code()))
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> Error {
+    let what = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into());
+    Error::Internal(format!("panic: {what}"))
+}
+
+/// Runs a future so that neither an error nor a panic escapes as anything but a rejected promise.
+async fn guarded<T>(fut: impl Future<Output = error::Result<T>>) -> napi::Result<T> {
+    match AssertUnwindSafe(fut).catch_unwind().await {
+        Ok(r) => r.map_err(to_js),
+        Err(payload) => Err(to_js(panic_message(payload))),
+    }
+}
+
+fn guarded_sync<T>(f: impl FnOnce() -> error::Result<T>) -> napi::Result<T> {
+    match std::panic::catch_unwind(AssertUnwindSafe(f)) {
+        Ok(r) => r.map_err(to_js),
+        Err(payload) => Err(to_js(panic_message(payload))),
+    }
+}
+
+/// Options of the native tracker, already validated by index.js.
+#[napi(object, object_to_js = false)]
+pub struct NativeOptions {
+    /// CloudFront distribution id (empty: dry runs only).
+    pub dist: String,
+    /// Access key id (with `secret_key`; else the default AWS credential chain).
+    pub access_key: Option<String>,
+    /// Secret access key.
+    pub secret_key: Option<String>,
+    /// Session token of temporary credentials.
+    pub session_token: Option<String>,
+    /// Signing region.
+    pub region: Option<String>,
+    /// CloudFront-compatible endpoint URL.
+    pub endpoint: Option<String>,
+    /// `memory`, `redis` or `js`.
+    pub store: String,
+    /// Redis URL, for the `redis` store.
+    pub redis_url: Option<String>,
+    /// Redis key prefix.
+    pub redis_prefix: Option<String>,
+    /// Optional methods the JavaScript store has.
+    pub store_methods: Option<Vec<String>>,
+    /// Per-call timeout of a JavaScript store, in ms.
+    pub store_timeout_ms: Option<u32>,
+    /// Paths per CreateInvalidation request.
+    pub batch_size: Option<u32>,
+    /// Most paths one send may bill.
+    pub max_paths: Option<u32>,
+    /// Flood guard: most URLs tracked one by one.
+    pub max_tracked_urls: Option<u32>,
+    /// `keep`, `strip` or `wildcard`.
+    pub query_strings: Option<String>,
+    /// Index document, e.g. `index.html`.
+    pub index_document: Option<String>,
+    /// Send deadline, in ms.
+    pub send_timeout_ms: Option<u32>,
+    /// Poll interval while waiting on CloudFront, in ms.
+    pub poll_interval_ms: Option<u32>,
+    /// Lease of a send's claim, in ms.
+    pub lease_ms: Option<u32>,
+    /// Write-behind interval, in ms.
+    pub flush_interval_ms: Option<u32>,
+    /// Most distinct URLs buffered in memory.
+    pub buffer_capacity: Option<u32>,
+}
+
+/// One line for the logger.
+#[napi(object)]
+pub struct LogLine {
+    /// `info` or `warn`.
+    pub level: String,
+    /// The message.
+    pub message: String,
+}
+
+type LogFn = ThreadsafeFunction<LogLine, (), LogLine, Status, false, true>;
+
+struct JsLog(Option<LogFn>);
+
+impl JsLog {
+    fn emit(&self, level: &str, message: &str) {
+        if let Some(f) = &self.0 {
+            let line = LogLine {
+                level: level.into(),
+                message: message.into(),
+            };
+            f.call(line, ThreadsafeFunctionCallMode::NonBlocking);
+        }
+    }
+}
+
+impl Log for JsLog {
+    fn info(&self, msg: &str) {
+        self.emit("info", msg);
+    }
+    fn warn(&self, msg: &str) {
+        self.emit("warn", msg);
+    }
+}
+
+/// What happened to one batch.
+#[napi(object)]
+pub struct BatchReport {
+    /// CloudFront's invalidation id (comma-separated when the batch had to be split).
+    pub id: Option<String>,
+    /// The CallerReference it was sent with.
+    pub caller_reference: Option<String>,
+    /// `InProgress`, `Completed`, `Kept` or `DryRun`.
+    pub status: String,
+    /// Its paths.
+    pub paths: Vec<String>,
+    /// True when resumed from an earlier send.
+    pub resumed: bool,
+    /// Attempts beyond the first.
+    pub retries: u32,
+    /// Why it was kept.
+    pub error: Option<String>,
+}
+
+/// What a send did.
+#[napi(object)]
+pub struct Report {
+    /// Paths sent.
+    pub paths: u32,
+    /// Every batch.
+    pub batches: Vec<BatchReport>,
+    /// Tracked URLs kept for a later send.
+    pub kept: u32,
+    /// Batches resumed from an earlier send.
+    pub resumed: u32,
+    /// Flood-guard wildcards sent.
+    pub overflow: Vec<String>,
+    /// True when `maxPaths` collapsed paths into wildcards.
+    pub collapsed: bool,
+    /// Paths billed by this send.
+    pub billed_paths: u32,
+    /// Paths billed this month through this store.
+    pub billed_this_month: u32,
+    /// Estimated price of this send, USD.
+    pub estimated_cost_usd: f64,
+    /// True for a dry run.
+    pub dry_run: bool,
+    /// `code` + separator + message of the failure that kept batches, if any.
+    pub error: Option<String>,
+}
+
+impl From<SendReport> for Report {
+    fn from(r: SendReport) -> Self {
+        let n = |x: usize| u32::try_from(x).unwrap_or(u32::MAX);
+        Report {
+            paths: n(r.paths),
+            batches: r
+                .batches
+                .into_iter()
+                .map(|b| BatchReport {
+                    id: b.id,
+                    caller_reference: b.caller_reference,
+                    status: b.status,
+                    paths: b.paths,
+                    resumed: b.resumed,
+                    retries: b.retries,
+                    error: b.error,
+                })
+                .collect(),
+            kept: n(r.kept),
+            resumed: n(r.resumed),
+            overflow: r.overflow,
+            collapsed: r.collapsed,
+            billed_paths: u32::try_from(r.billed_paths).unwrap_or(u32::MAX),
+            billed_this_month: u32::try_from(r.billed_this_month).unwrap_or(u32::MAX),
+            estimated_cost_usd: r.estimated_cost_usd,
+            dry_run: r.dry_run,
+            error: r.error.map(|e| format!("{}{CODE_SEP}{e}", e.code())),
+        }
+    }
+}
+
+/// A distribution found by `listDistributions`.
+#[napi(object)]
+pub struct Distribution {
+    /// Distribution id.
+    pub id: String,
+    /// Its CloudFront domain.
+    pub domain_name: String,
+    /// Its origins' domain names.
+    pub origins: Vec<String>,
+    /// Deployment status.
+    pub status: String,
+}
+
+fn ms(v: Option<u32>, default: u64) -> Duration {
+    Duration::from_millis(v.map_or(default, u64::from))
+}
+
+fn build(
+    opts: NativeOptions,
+    log: Option<LogFn>,
+    dispatch: Option<Dispatch>,
+) -> error::Result<Arc<Tracker>> {
+    let query_strings: QueryStrings = opts
+        .query_strings
+        .as_deref()
+        .unwrap_or("keep")
+        .parse()
+        .map_err(Error::InvalidArgument)?;
+    let rules = PathRules {
+        query_strings,
+        index_document: opts.index_document.filter(|s| !s.is_empty()),
+    };
+    let store: Arc<dyn Store> = match opts.store.as_str() {
+        "memory" => Arc::new(MemoryStore::new()),
+        "redis" => {
+            let mut cfg = RedisConfig::new(
+                opts.redis_url
+                    .unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
+            );
+            if let Some(prefix) = opts.redis_prefix {
+                cfg.prefix = prefix;
+            }
+            Arc::new(RedisStore::new(cfg)?)
+        }
+        "js" => {
+            let dispatch = dispatch
+                .ok_or_else(|| Error::InvalidArgument("a custom store needs its methods".into()))?;
+            Arc::new(JsStore::new(
+                dispatch,
+                opts.store_methods.unwrap_or_default(),
+                ms(opts.store_timeout_ms, 30_000),
+                rules.clone(),
+            ))
+        }
+        other => {
+            return Err(Error::InvalidArgument(format!(
+                "unknown store kind '{other}'"
+            )))
+        }
+    };
+    let batch_size = opts.batch_size.map_or(1000, |b| b as usize);
+    if !(1..=3000).contains(&batch_size) {
+        return Err(Error::InvalidArgument(
+            "batchSize must be between 1 and 3000".into(),
+        ));
+    }
+    let config = TrackerConfig {
+        send: SendConfig {
+            batch_size,
+            max_paths: opts.max_paths.map(|m| m as usize),
+            rules,
+            lease: ms(opts.lease_ms, 60_000),
+            send_timeout: ms(opts.send_timeout_ms, 15 * 60_000),
+            poll_interval: ms(opts.poll_interval_ms, 10_000),
+        },
+        max_tracked: opts.max_tracked_urls.map_or(1_000_000, |m| m as usize),
+        flush_interval: ms(opts.flush_interval_ms, 50),
+        buffer_capacity: opts.buffer_capacity.map_or(100_000, |c| c.max(1) as usize),
+    };
+    let cf = CfConfig {
+        dist: opts.dist,
+        access_key: opts.access_key,
+        secret_key: opts.secret_key,
+        session_token: opts.session_token,
+        region: opts.region,
+        endpoint: opts.endpoint,
+    };
+    let runtime =
+        napi::bindgen_prelude::within_runtime_if_available(tokio::runtime::Handle::try_current)
+            .map_err(|e| Error::Internal(format!("no async runtime: {e}")))?;
+    Ok(Tracker::new(
+        store,
+        cf,
+        config,
+        Arc::new(JsLog(log)),
+        runtime,
+    ))
+}
+
+/// The native half of a tracker; index.js wraps it in the public `Tracker` class.
+#[napi]
+pub struct NativeTracker {
+    inner: Arc<Tracker>,
+}
+
+#[napi]
+impl NativeTracker {
+    /// Builds a tracker. Does no I/O.
+    #[napi(constructor)]
+    pub fn new(
+        options: NativeOptions,
+        log: Option<LogFn>,
+        store: Option<Dispatch>,
+    ) -> napi::Result<Self> {
+        guarded_sync(|| build(options, log, store)).map(|inner| NativeTracker { inner })
+    }
+
+    /// Tracks a URL; returns the write window to await with `written`.
+    #[napi]
+    pub fn track(
+        &self,
+        url: String,
+        ttl_in_sec: Option<f64>,
+        wildcard: Option<bool>,
+    ) -> napi::Result<i64> {
+        guarded_sync(|| {
+            self.inner
+                .track(&url, ttl_in_sec, wildcard.unwrap_or(false))
+        })
+        .map(|w| w as i64)
+    }
+
+    /// Resolves when the URLs of write window `window` are in the store.
+    #[napi]
+    pub async fn written(&self, window: i64) -> napi::Result<()> {
+        let t = self.inner.clone();
+        guarded(async move { t.written(window.max(0) as u64).await }).await
+    }
+
+    /// The path a URL is tracked as.
+    #[napi]
+    pub fn normalize(&self, url: String) -> napi::Result<String> {
+        guarded_sync(|| self.inner.normalize(&url))
+    }
+
+    /// Writes buffered URLs now.
+    #[napi]
+    pub async fn flush(&self) -> napi::Result<()> {
+        let t = self.inner.clone();
+        guarded(async move { t.flush().await }).await
+    }
+
+    /// Changes a tracked URL's TTL.
+    #[napi]
+    pub async fn set_ttl(&self, url: String, ttl_in_sec: f64) -> napi::Result<()> {
+        let t = self.inner.clone();
+        guarded(async move { t.set_ttl(&url, ttl_in_sec).await }).await
+    }
+
+    /// Stops tracking a URL.
+    #[napi]
+    pub async fn remove(&self, url: String) -> napi::Result<()> {
+        let t = self.inner.clone();
+        guarded(async move { t.remove(&url).await }).await
+    }
+
+    /// Every URL the next send will invalidate.
+    #[napi]
+    pub async fn list(&self) -> napi::Result<Vec<String>> {
+        let t = self.inner.clone();
+        guarded(async move { t.list().await }).await
+    }
+
+    /// Sends every tracked URL.
+    #[napi]
+    pub async fn send(&self, wait: Option<bool>, dry_run: Option<bool>) -> napi::Result<Report> {
+        let t = self.inner.clone();
+        let opts = SendOptions {
+            wait: wait.unwrap_or(false),
+            dry_run: dry_run.unwrap_or(false),
+        };
+        guarded(async move { t.send(opts).await.map(Report::from) }).await
+    }
+
+    /// Writes what is buffered and closes the store's connections.
+    #[napi]
+    pub async fn disconnect(&self) -> napi::Result<()> {
+        let t = self.inner.clone();
+        guarded(async move { t.disconnect().await }).await
+    }
+
+    /// Lists the account's distributions.
+    #[napi]
+    pub async fn list_distributions(&self) -> napi::Result<Vec<Distribution>> {
+        let t = self.inner.clone();
+        guarded(async move {
+            let list = t.list_distributions().await?;
+            Ok(list
+                .into_iter()
+                .map(|d| Distribution {
+                    id: d.id,
+                    domain_name: d.domain_name,
+                    origins: d.origins,
+                    status: d.status,
+                })
+                .collect())
+        })
+        .await
+    }
+
+    /// The status of one invalidation.
+    #[napi]
+    pub async fn invalidation_status(&self, id: String) -> napi::Result<String> {
+        let t = self.inner.clone();
+        guarded(async move { t.invalidation_status(&id).await }).await
+    }
+}

@@ -1,0 +1,375 @@
+//! A store object written in JavaScript, driven through one threadsafe function.
+//!
+//! The JavaScript side (index.js) turns every calling style a store may use (a value, a Promise or thenable, a
+//! node-style callback) into a Promise, binds `this` to the store and connects first when `isConnected()` says so.
+//! Everything else happens here: timeouts, type checks, claims and batching are the same code as for native stores.
+//! Claims live in this process only: a JavaScript store keeps no in-flight state of ours.
+
+use super::memory::add_overflow;
+use super::{month_key, new_claim_id, now_ms, Claim, Entry, PlannedBatch, PutOutcome, Store};
+use crate::error::{Error, Result};
+use crate::paths::{self, PathRules};
+use async_trait::async_trait;
+use futures::{stream, StreamExt, TryStreamExt};
+use napi::bindgen_prelude::{FromNapiValue, Promise, ToNapiValue};
+use napi::threadsafe_function::ThreadsafeFunction;
+use napi::{sys, Status, ValueType};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+/// Store calls in flight at once during a bulk write.
+const CONCURRENCY: usize = 64;
+
+/// One call of a store method, as handed to the JavaScript dispatcher.
+#[napi_derive::napi(object)]
+pub struct StoreCall {
+    /// The store method: `set`, `setTTL`, `del`, `getAllKeys`, `clearAll`, `disconnect`.
+    pub method: String,
+    /// Its key argument, if any.
+    pub key: Option<String>,
+    /// Its second argument: the value for `set`, seconds for `setTTL`.
+    pub value: Option<f64>,
+}
+
+/// What a store method answered.
+pub enum StoreReply {
+    /// `undefined` or `null`.
+    Nothing,
+    /// An array of strings.
+    Keys(Vec<String>),
+    /// Anything else, described.
+    Other(String),
+}
+
+impl FromNapiValue for StoreReply {
+    unsafe fn from_napi_value(env: sys::napi_env, value: sys::napi_value) -> napi::Result<Self> {
+        let mut raw_type = 0;
+        // SAFETY: env and value come from napi for this call.
+        unsafe { sys::napi_typeof(env, value, &mut raw_type) };
+        let ty = ValueType::from(raw_type);
+        match ty {
+            ValueType::Undefined | ValueType::Null => Ok(StoreReply::Nothing),
+            ValueType::Object => {
+                let mut is_array = false;
+                // SAFETY: as above.
+                unsafe { sys::napi_is_array(env, value, &mut is_array) };
+                if !is_array {
+                    return Ok(StoreReply::Other("an object that is not an array".into()));
+                }
+                // SAFETY: as above; a failed conversion is reported, not thrown.
+                match unsafe { Vec::<String>::from_napi_value(env, value) } {
+                    Ok(keys) => Ok(StoreReply::Keys(keys)),
+                    Err(_) => Ok(StoreReply::Other(
+                        "an array holding something that is not a string".into(),
+                    )),
+                }
+            }
+            other => Ok(StoreReply::Other(format!("a value of type {other}"))),
+        }
+    }
+}
+
+impl ToNapiValue for StoreReply {
+    unsafe fn to_napi_value(env: sys::napi_env, val: Self) -> napi::Result<sys::napi_value> {
+        match val {
+            StoreReply::Keys(k) => unsafe { Vec::<String>::to_napi_value(env, k) },
+            _ => unsafe { <()>::to_napi_value(env, ()) },
+        }
+    }
+}
+
+/// The dispatcher: `(call) => Promise<reply>`.
+pub type Dispatch =
+    ThreadsafeFunction<StoreCall, Promise<StoreReply>, StoreCall, Status, false, true>;
+
+#[derive(Default)]
+struct JsClaim {
+    urls: Vec<String>,
+    overflow: Vec<String>,
+    plan: Option<Vec<PlannedBatch>>,
+    done: BTreeSet<usize>,
+    leased: bool,
+}
+
+#[derive(Default)]
+struct State {
+    overflow: BTreeSet<String>,
+    claims: BTreeMap<String, JsClaim>,
+    billed: HashMap<String, u64>,
+}
+
+/// A JavaScript store object behind the [`Store`] trait.
+pub struct JsStore {
+    dispatch: Arc<Dispatch>,
+    methods: HashSet<String>,
+    timeout: Duration,
+    rules: PathRules,
+    state: Mutex<State>,
+}
+
+impl JsStore {
+    /// A store calling `dispatch`; `methods` names the optional methods the object has.
+    pub fn new(
+        dispatch: Dispatch,
+        methods: Vec<String>,
+        timeout: Duration,
+        rules: PathRules,
+    ) -> Self {
+        Self {
+            dispatch: Arc::new(dispatch),
+            methods: methods.into_iter().collect(),
+            timeout,
+            rules,
+            state: Mutex::new(State::default()),
+        }
+    }
+
+    fn has(&self, method: &str) -> bool {
+        self.methods.contains(method)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    async fn call(
+        &self,
+        method: &'static str,
+        key: Option<String>,
+        value: Option<f64>,
+    ) -> Result<StoreReply> {
+        let call = StoreCall {
+            method: method.to_owned(),
+            key,
+            value,
+        };
+        let store_error = |e: napi::Error| Error::Store {
+            method,
+            message: e.reason.clone(),
+        };
+        let attempt = async {
+            let promise = self
+                .dispatch
+                .call_async_catch(call)
+                .await
+                .map_err(store_error)?;
+            promise.await.map_err(store_error)
+        };
+        tokio::time::timeout(self.timeout, attempt)
+            .await
+            .map_err(|_| Error::StoreTimeout {
+                method,
+                ms: self.timeout.as_millis() as u64,
+            })?
+    }
+
+    async fn call_each(
+        &self,
+        method: &'static str,
+        calls: Vec<(String, Option<f64>)>,
+    ) -> Result<()> {
+        stream::iter(calls)
+            .map(|(key, value)| self.call(method, Some(key), value))
+            .buffer_unordered(CONCURRENCY)
+            .try_for_each(|_| async { Ok(()) })
+            .await
+    }
+
+    async fn all_keys(&self) -> Result<Vec<String>> {
+        match self.call("getAllKeys", None, None).await? {
+            StoreReply::Keys(keys) => Ok(keys
+                .iter()
+                // Keys written by older versions may be raw URLs: read them as today's paths.
+                .filter_map(|k| paths::normalize(k, &self.rules).ok())
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect()),
+            StoreReply::Nothing => Ok(Vec::new()),
+            StoreReply::Other(what) => Err(Error::Store {
+                method: "getAllKeys",
+                message: format!("answered with {what}; it must give an array of strings"),
+            }),
+        }
+    }
+}
+
+fn ttl_secs(expires_at: u64) -> f64 {
+    (expires_at.saturating_sub(now_ms()) as f64 / 1000.0)
+        .ceil()
+        .max(1.0)
+}
+
+#[async_trait]
+impl Store for JsStore {
+    fn kind(&self) -> &'static str {
+        "custom"
+    }
+
+    fn durable_claims(&self) -> bool {
+        false
+    }
+
+    async fn put(&self, entries: &[Entry], _max_tracked: usize) -> Result<PutOutcome> {
+        let sets = entries
+            .iter()
+            .map(|e| (e.path.clone(), Some(1.0)))
+            .collect();
+        self.call_each("set", sets).await?;
+        if self.has("setTTL") {
+            let ttls = entries
+                .iter()
+                .filter_map(|e| e.expires_at.map(|x| (e.path.clone(), Some(ttl_secs(x)))))
+                .collect();
+            self.call_each("setTTL", ttls).await?;
+        }
+        Ok(PutOutcome::default())
+    }
+
+    async fn put_overflow(&self, wildcards: &[String]) -> Result<()> {
+        let mut state = self.lock();
+        for w in wildcards {
+            add_overflow(&mut state.overflow, w);
+        }
+        Ok(())
+    }
+
+    async fn set_expiry(&self, path: &str, expires_at: Option<u64>) -> Result<()> {
+        if self.has("setTTL") {
+            let secs = expires_at.map_or(0.0, ttl_secs);
+            self.call("setTTL", Some(path.to_owned()), Some(secs))
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn remove(&self, paths: &[String]) -> Result<()> {
+        if self.has("del") {
+            self.call_each("del", paths.iter().map(|p| (p.clone(), None)).collect())
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn list(&self) -> Result<Vec<String>> {
+        let mut all: BTreeSet<String> = self.all_keys().await?.into_iter().collect();
+        for c in self.lock().claims.values() {
+            all.extend(c.urls.iter().cloned());
+        }
+        Ok(all.into_iter().collect())
+    }
+
+    async fn claim(&self, _lease_ms: u64) -> Result<Vec<Claim>> {
+        let keys = self.all_keys().await?;
+        let mut state = self.lock();
+        let mut claims = Vec::new();
+        let mut in_flight: HashSet<&String> = HashSet::new();
+        for (id, c) in state.claims.iter() {
+            in_flight.extend(c.urls.iter());
+            if !c.leased {
+                claims.push(Claim {
+                    id: id.clone(),
+                    resumed: true,
+                    urls: c.urls.clone(),
+                    overflow: c.overflow.clone(),
+                    plan: c.plan.clone(),
+                    done: c.done.clone(),
+                });
+            }
+        }
+        let fresh: Vec<String> = keys
+            .into_iter()
+            .filter(|k| !in_flight.contains(k))
+            .collect();
+        for c in &claims {
+            if let Some(mine) = state.claims.get_mut(&c.id) {
+                mine.leased = true;
+            }
+        }
+        let overflow: Vec<String> = std::mem::take(&mut state.overflow).into_iter().collect();
+        if !fresh.is_empty() || !overflow.is_empty() {
+            let id = new_claim_id();
+            claims.push(Claim {
+                id: id.clone(),
+                resumed: false,
+                urls: fresh.clone(),
+                overflow: overflow.clone(),
+                plan: None,
+                done: BTreeSet::new(),
+            });
+            state.claims.insert(
+                id,
+                JsClaim {
+                    urls: fresh,
+                    overflow,
+                    leased: true,
+                    ..JsClaim::default()
+                },
+            );
+        }
+        Ok(claims)
+    }
+
+    async fn save_plan(
+        &self,
+        claim_id: &str,
+        plan: Vec<PlannedBatch>,
+    ) -> Result<Vec<PlannedBatch>> {
+        match self.lock().claims.get_mut(claim_id) {
+            Some(c) => Ok(c.plan.get_or_insert(plan).clone()),
+            None => Ok(plan),
+        }
+    }
+
+    async fn batch_done(&self, claim_id: &str, index: usize, batch: &PlannedBatch) -> Result<()> {
+        // Forget exactly what CloudFront accepted, so URLs stored during the send survive it.
+        self.remove(&batch.covers).await?;
+        let mut state = self.lock();
+        if let Some(c) = state.claims.get_mut(claim_id) {
+            c.done.insert(index);
+            let gone: HashSet<&String> = batch.covers.iter().collect();
+            c.urls.retain(|u| !gone.contains(u));
+        }
+        *state.billed.entry(month_key(now_ms())).or_default() += batch.paths.len() as u64;
+        Ok(())
+    }
+
+    async fn renew(&self, _claim_id: &str, _lease_ms: u64) -> Result<()> {
+        Ok(())
+    }
+
+    async fn release(&self, claim_id: &str) -> Result<()> {
+        if let Some(c) = self.lock().claims.get_mut(claim_id) {
+            c.leased = false;
+        }
+        Ok(())
+    }
+
+    async fn finish(&self, claim_id: &str) -> Result<()> {
+        let finished = self.lock().claims.remove(claim_id).is_some();
+        if finished && !self.has("del") {
+            // Without `del` the only way to forget what was sent is to clear everything: URLs stored during the send
+            // are lost with it (see the README).
+            self.call("clearAll", None, None).await?;
+        }
+        Ok(())
+    }
+
+    async fn billed_this_month(&self) -> Result<u64> {
+        Ok(self
+            .lock()
+            .billed
+            .get(&month_key(now_ms()))
+            .copied()
+            .unwrap_or(0))
+    }
+
+    async fn disconnect(&self) -> Result<()> {
+        if self.has("disconnect") {
+            self.call("disconnect", None, None).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,219 @@
+//! The native in-memory store (`store: 'memory://'`): one process, nothing survives it.
+
+use super::{month_key, new_claim_id, now_ms, Claim, Entry, PlannedBatch, PutOutcome, Store};
+use crate::error::Result;
+use async_trait::async_trait;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Mutex, MutexGuard};
+
+/// Most overflow wildcards kept before the flood guard falls back to `/*`.
+pub(crate) const MAX_OVERFLOW_WILDCARDS: usize = 1000;
+
+#[derive(Default)]
+struct MemClaim {
+    urls: HashMap<String, Option<u64>>,
+    overflow: BTreeSet<String>,
+    plan: Option<Vec<PlannedBatch>>,
+    done: BTreeSet<usize>,
+    lease_until: u64,
+}
+
+#[derive(Default)]
+struct State {
+    urls: HashMap<String, Option<u64>>,
+    overflow: BTreeSet<String>,
+    claims: BTreeMap<String, MemClaim>,
+    billed: HashMap<String, u64>,
+}
+
+impl State {
+    fn purge_expired(&mut self, now: u64) {
+        self.urls.retain(|_, exp| exp.is_none_or(|e| e > now));
+    }
+}
+
+/// Tracked URLs in this process's memory.
+#[derive(Default)]
+pub struct MemoryStore {
+    state: Mutex<State>,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock cannot leave the maps half-updated in a way later calls trip on.
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Adds `wildcard` to an overflow set, keeping it bounded.
+pub(crate) fn add_overflow(set: &mut BTreeSet<String>, wildcard: &str) {
+    if set.len() < MAX_OVERFLOW_WILDCARDS || set.contains(wildcard) {
+        set.insert(wildcard.to_owned());
+    } else {
+        set.insert("/*".to_owned());
+    }
+}
+
+#[async_trait]
+impl Store for MemoryStore {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    async fn put(&self, entries: &[Entry], max_tracked: usize) -> Result<PutOutcome> {
+        let mut state = self.lock();
+        state.purge_expired(now_ms());
+        let mut outcome = PutOutcome::default();
+        for entry in entries {
+            if state.urls.len() < max_tracked || state.urls.contains_key(&entry.path) {
+                state.urls.insert(entry.path.clone(), entry.expires_at);
+            } else {
+                add_overflow(
+                    &mut state.overflow,
+                    &crate::paths::overflow_wildcard(&entry.path),
+                );
+                outcome.overflowed += 1;
+            }
+        }
+        Ok(outcome)
+    }
+
+    async fn put_overflow(&self, wildcards: &[String]) -> Result<()> {
+        let mut state = self.lock();
+        for w in wildcards {
+            add_overflow(&mut state.overflow, w);
+        }
+        Ok(())
+    }
+
+    async fn set_expiry(&self, path: &str, expires_at: Option<u64>) -> Result<()> {
+        if let Some(exp) = self.lock().urls.get_mut(path) {
+            *exp = expires_at;
+        }
+        Ok(())
+    }
+
+    async fn remove(&self, paths: &[String]) -> Result<()> {
+        let mut state = self.lock();
+        for p in paths {
+            state.urls.remove(p);
+        }
+        Ok(())
+    }
+
+    async fn list(&self) -> Result<Vec<String>> {
+        let mut state = self.lock();
+        state.purge_expired(now_ms());
+        let mut all: BTreeSet<String> = state.urls.keys().cloned().collect();
+        for claim in state.claims.values() {
+            all.extend(claim.urls.keys().cloned());
+        }
+        Ok(all.into_iter().collect())
+    }
+
+    async fn claim(&self, lease_ms: u64) -> Result<Vec<Claim>> {
+        let now = now_ms();
+        let mut state = self.lock();
+        state.purge_expired(now);
+        let mut claims = Vec::new();
+        for (id, c) in state.claims.iter_mut() {
+            if c.lease_until <= now {
+                c.lease_until = now + lease_ms;
+                claims.push(Claim {
+                    id: id.clone(),
+                    resumed: true,
+                    urls: c.urls.keys().cloned().collect(),
+                    overflow: c.overflow.iter().cloned().collect(),
+                    plan: c.plan.clone(),
+                    done: c.done.clone(),
+                });
+            }
+        }
+        if !state.urls.is_empty() || !state.overflow.is_empty() {
+            let id = new_claim_id();
+            let urls = std::mem::take(&mut state.urls);
+            let overflow = std::mem::take(&mut state.overflow);
+            claims.push(Claim {
+                id: id.clone(),
+                resumed: false,
+                urls: urls.keys().cloned().collect(),
+                overflow: overflow.iter().cloned().collect(),
+                plan: None,
+                done: BTreeSet::new(),
+            });
+            state.claims.insert(
+                id,
+                MemClaim {
+                    urls,
+                    overflow,
+                    plan: None,
+                    done: BTreeSet::new(),
+                    lease_until: now + lease_ms,
+                },
+            );
+        }
+        Ok(claims)
+    }
+
+    async fn save_plan(
+        &self,
+        claim_id: &str,
+        plan: Vec<PlannedBatch>,
+    ) -> Result<Vec<PlannedBatch>> {
+        match self.lock().claims.get_mut(claim_id) {
+            Some(c) => Ok(c.plan.get_or_insert(plan).clone()),
+            None => Ok(plan),
+        }
+    }
+
+    async fn batch_done(&self, claim_id: &str, index: usize, batch: &PlannedBatch) -> Result<()> {
+        let mut state = self.lock();
+        if let Some(c) = state.claims.get_mut(claim_id) {
+            c.done.insert(index);
+            for url in &batch.covers {
+                c.urls.remove(url);
+            }
+        }
+        *state.billed.entry(month_key(now_ms())).or_default() += batch.paths.len() as u64;
+        Ok(())
+    }
+
+    async fn renew(&self, claim_id: &str, lease_ms: u64) -> Result<()> {
+        if let Some(c) = self.lock().claims.get_mut(claim_id) {
+            c.lease_until = now_ms() + lease_ms;
+        }
+        Ok(())
+    }
+
+    async fn release(&self, claim_id: &str) -> Result<()> {
+        if let Some(c) = self.lock().claims.get_mut(claim_id) {
+            c.lease_until = 0;
+        }
+        Ok(())
+    }
+
+    async fn finish(&self, claim_id: &str) -> Result<()> {
+        self.lock().claims.remove(claim_id);
+        Ok(())
+    }
+
+    async fn billed_this_month(&self) -> Result<u64> {
+        Ok(self
+            .lock()
+            .billed
+            .get(&month_key(now_ms()))
+            .copied()
+            .unwrap_or(0))
+    }
+
+    async fn disconnect(&self) -> Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,507 @@
+//! The Redis store: every key under one prefix in a `{hash tag}`, so a cluster keeps them in one slot.
+//!
+//! Layout, for prefix `cfit`:
+//! - `{cfit}:urls` — sorted set of tracked paths, scored by expiry (Unix ms, `+inf` for none);
+//! - `{cfit}:overflow` — set of flood-guard wildcards;
+//! - `{cfit}:claims` — sorted set of claim ids, scored by lease deadline;
+//! - `{cfit}:claim:<id>:urls|overflow|plan|done` — one claim: its URLs, wildcards, saved plan and accepted batches;
+//! - `{cfit}:billed:<YYYY-MM>` — paths billed this month.
+//!
+//! Claiming is a RENAME inside a Lua script, so it is atomic against concurrent `put`s and other senders. No command
+//! ever names a key outside the prefix, and nothing lists the keyspace.
+
+use super::memory::MAX_OVERFLOW_WILDCARDS;
+use super::{month_key, new_claim_id, now_ms, Claim, Entry, PlannedBatch, PutOutcome, Store};
+use crate::error::{Error, Result};
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, Script};
+use std::collections::BTreeSet;
+use std::sync::{LazyLock, Mutex};
+use std::time::Duration;
+
+/// Entries written by one script call; calls run concurrently over the multiplexed connection.
+const PUT_CHUNK: usize = 2000;
+/// Members read per ZSCAN-like page when reading large sets.
+const READ_PAGE: isize = 10_000;
+/// How long a month's bill counter is kept.
+const BILL_TTL_SECS: i64 = 40 * 86_400;
+
+/// Connection settings of a Redis store.
+#[derive(Clone, Debug)]
+pub struct RedisConfig {
+    /// `redis://[user:pass@]host:port[/db]` or `rediss://…`.
+    pub url: String,
+    /// Key prefix; wrapped in `{…}` unless it already holds a hash tag.
+    pub prefix: String,
+    /// Per-command response timeout.
+    pub response_timeout: Duration,
+    /// Connect timeout.
+    pub connection_timeout: Duration,
+}
+
+impl RedisConfig {
+    /// Settings with the default prefix and timeouts.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            prefix: "cfit".into(),
+            response_timeout: Duration::from_secs(5),
+            connection_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+struct Keys {
+    urls: String,
+    overflow: String,
+    claims: String,
+    base: String,
+}
+
+impl Keys {
+    fn new(prefix: &str) -> Self {
+        let base = if prefix.contains('{') && prefix.contains('}') {
+            prefix.to_owned()
+        } else {
+            format!("{{{prefix}}}")
+        };
+        Self {
+            urls: format!("{base}:urls"),
+            overflow: format!("{base}:overflow"),
+            claims: format!("{base}:claims"),
+            base,
+        }
+    }
+    fn claim(&self, id: &str, part: &str) -> String {
+        format!("{}:claim:{id}:{part}", self.base)
+    }
+    fn billed(&self, month: &str) -> String {
+        format!("{}:billed:{month}", self.base)
+    }
+}
+
+static PUT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local now, max, max_over = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local n = redis.call('ZCARD', KEYS[1])
+local over = 0
+for i = 4, #ARGV, 3 do
+  local path = ARGV[i]
+  if n < max or redis.call('ZSCORE', KEYS[1], path) then
+    n = n + redis.call('ZADD', KEYS[1], ARGV[i + 1], path)
+  else
+    local w = ARGV[i + 2]
+    if redis.call('SISMEMBER', KEYS[2], w) == 0 and redis.call('SCARD', KEYS[2]) >= max_over then w = '/*' end
+    redis.call('SADD', KEYS[2], w)
+    over = over + 1
+  end
+end
+return over
+"#,
+    )
+});
+
+static CLAIM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local now, lease = tonumber(ARGV[1]), tonumber(ARGV[2])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local stale = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', now)
+for _, id in ipairs(stale) do redis.call('ZADD', KEYS[3], now + lease, id) end
+local made = 0
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('RENAME', KEYS[1], KEYS[4]); made = 1 end
+if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('RENAME', KEYS[2], KEYS[5]); made = 1 end
+if made == 1 then redis.call('ZADD', KEYS[3], now + lease, ARGV[3]) end
+return {stale, made}
+"#,
+    )
+});
+
+// KEYS: claims, plan. ARGV: id, batches as JSON… Saves the plan unless one exists; returns the plan in force.
+static SAVE_PLAN: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return false end
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  for i = 2, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
+end
+return redis.call('LRANGE', KEYS[2], 0, -1)
+"#,
+    )
+});
+
+// KEYS: claims, done, claim urls, bill. ARGV: id, index, paths billed, bill ttl, covered urls…
+static BATCH_DONE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+if redis.call('SADD', KEYS[2], ARGV[2]) == 0 then return 0 end
+for i = 5, #ARGV, 1000 do
+  redis.call('ZREM', KEYS[3], unpack(ARGV, i, math.min(i + 999, #ARGV)))
+end
+redis.call('INCRBY', KEYS[4], ARGV[3])
+redis.call('EXPIRE', KEYS[4], ARGV[4])
+return 1
+"#,
+    )
+});
+
+// KEYS: claims. ARGV: id, deadline. Renews only a claim that still exists.
+static RENEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1]) end
+return 0
+"#,
+    )
+});
+
+/// Tracked URLs in Redis, shared by every process that uses the same server and prefix.
+pub struct RedisStore {
+    client: redis::Client,
+    config: RedisConfig,
+    keys: Keys,
+    manager: Mutex<Option<ConnectionManager>>,
+}
+
+impl RedisStore {
+    /// A store for this server and prefix. Opens no connection: the first call connects.
+    pub fn new(config: RedisConfig) -> Result<Self> {
+        let client = redis::Client::open(config.url.as_str()).map_err(|e| {
+            Error::InvalidArgument(format!("redis: not a valid Redis URL ({:?})", e.kind()))
+        })?;
+        if config.prefix.is_empty() {
+            return Err(Error::InvalidArgument(
+                "redis.prefix must not be empty".into(),
+            ));
+        }
+        Ok(Self {
+            keys: Keys::new(&config.prefix),
+            client,
+            config,
+            manager: Mutex::new(None),
+        })
+    }
+
+    /// The hash-tagged prefix every key of this store starts with, e.g. `{cfit}`.
+    pub fn key_prefix(&self) -> &str {
+        &self.keys.base
+    }
+
+    fn conn(&self) -> Result<ConnectionManager> {
+        let mut slot = self
+            .manager
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(m) = slot.as_ref() {
+            return Ok(m.clone());
+        }
+        let cfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.config.connection_timeout))
+            .set_response_timeout(Some(self.config.response_timeout))
+            .set_number_of_retries(2)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(500));
+        let manager = ConnectionManager::new_lazy_with_config(self.client.clone(), cfg)?;
+        *slot = Some(manager.clone());
+        Ok(manager)
+    }
+
+    async fn read_zset(&self, con: &mut ConnectionManager, key: &str) -> Result<Vec<String>> {
+        let mut out = Vec::new();
+        let mut start = 0isize;
+        loop {
+            let page: Vec<String> = con.zrange(key, start, start + READ_PAGE - 1).await?;
+            let n = page.len() as isize;
+            out.extend(page);
+            if n < READ_PAGE {
+                return Ok(out);
+            }
+            start += n;
+        }
+    }
+
+    async fn read_claim(
+        &self,
+        con: &mut ConnectionManager,
+        id: &str,
+        resumed: bool,
+    ) -> Result<Claim> {
+        let urls = self.read_zset(con, &self.keys.claim(id, "urls")).await?;
+        let overflow: Vec<String> = con.smembers(self.keys.claim(id, "overflow")).await?;
+        let raw_plan: Vec<String> = con.lrange(self.keys.claim(id, "plan"), 0, -1).await?;
+        let done: Vec<usize> = con.smembers(self.keys.claim(id, "done")).await?;
+        let plan = if raw_plan.is_empty() {
+            None
+        } else {
+            Some(decode_plan(&raw_plan)?)
+        };
+        Ok(Claim {
+            id: id.to_owned(),
+            resumed,
+            urls,
+            overflow,
+            plan,
+            done: done.into_iter().collect(),
+        })
+    }
+}
+
+fn decode_plan(raw: &[String]) -> Result<Vec<PlannedBatch>> {
+    raw.iter()
+        .map(|s| {
+            serde_json::from_str(s)
+                .map_err(|e| Error::Internal(format!("a saved plan in Redis is unreadable: {e}")))
+        })
+        .collect()
+}
+
+fn score(expires_at: Option<u64>) -> String {
+    expires_at.map_or_else(|| "+inf".to_owned(), |ms| ms.to_string())
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn put(&self, entries: &[Entry], max_tracked: usize) -> Result<PutOutcome> {
+        let con = self.conn()?;
+        let now = now_ms().to_string();
+        let calls = entries.chunks(PUT_CHUNK).map(|chunk| {
+            let mut con = con.clone();
+            let mut inv = PUT.prepare_invoke();
+            inv.key(&self.keys.urls)
+                .key(&self.keys.overflow)
+                .arg(&now)
+                .arg(max_tracked)
+                .arg(MAX_OVERFLOW_WILDCARDS);
+            for e in chunk {
+                inv.arg(&e.path)
+                    .arg(score(e.expires_at))
+                    .arg(crate::paths::overflow_wildcard(&e.path));
+            }
+            async move { inv.invoke_async::<usize>(&mut con).await }
+        });
+        let results = futures::future::join_all(calls).await;
+        let mut outcome = PutOutcome::default();
+        for r in results {
+            outcome.overflowed += r?;
+        }
+        Ok(outcome)
+    }
+
+    async fn put_overflow(&self, wildcards: &[String]) -> Result<()> {
+        if wildcards.is_empty() {
+            return Ok(());
+        }
+        // Recorded as overflowed entries: the script keeps the wildcard set bounded. A `max_tracked` of 0 sends every
+        // entry to the overflow branch.
+        let entries: Vec<Entry> = wildcards
+            .iter()
+            .map(|w| Entry {
+                path: w.clone(),
+                expires_at: None,
+            })
+            .collect();
+        let mut con = self.conn()?;
+        for chunk in entries.chunks(PUT_CHUNK) {
+            let mut inv = PUT.prepare_invoke();
+            inv.key(&self.keys.urls)
+                .key(&self.keys.overflow)
+                .arg(now_ms())
+                .arg(0)
+                .arg(MAX_OVERFLOW_WILDCARDS);
+            for e in chunk {
+                // The wildcard is its own overflow form.
+                inv.arg(&e.path).arg("+inf").arg(&e.path);
+            }
+            inv.invoke_async::<usize>(&mut con).await?;
+        }
+        Ok(())
+    }
+
+    async fn set_expiry(&self, path: &str, expires_at: Option<u64>) -> Result<()> {
+        let mut con = self.conn()?;
+        redis::cmd("ZADD")
+            .arg(&self.keys.urls)
+            .arg("XX")
+            .arg(score(expires_at))
+            .arg(path)
+            .query_async::<()>(&mut con)
+            .await?;
+        Ok(())
+    }
+
+    async fn remove(&self, paths: &[String]) -> Result<()> {
+        if paths.is_empty() {
+            return Ok(());
+        }
+        let mut con = self.conn()?;
+        for chunk in paths.chunks(PUT_CHUNK) {
+            con.zrem::<_, _, ()>(&self.keys.urls, chunk).await?;
+        }
+        Ok(())
+    }
+
+    async fn list(&self) -> Result<Vec<String>> {
+        let mut con = self.conn()?;
+        let mut all: BTreeSet<String> = BTreeSet::new();
+        let now = now_ms();
+        let tracked: Vec<String> = con
+            .zrangebyscore(&self.keys.urls, format!("({now}"), "+inf")
+            .await?;
+        all.extend(tracked);
+        let ids: Vec<String> = con.zrange(&self.keys.claims, 0, -1).await?;
+        for id in ids {
+            all.extend(
+                self.read_zset(&mut con, &self.keys.claim(&id, "urls"))
+                    .await?,
+            );
+        }
+        Ok(all.into_iter().collect())
+    }
+
+    async fn claim(&self, lease_ms: u64) -> Result<Vec<Claim>> {
+        let mut con = self.conn()?;
+        let id = new_claim_id();
+        let (stale, made): (Vec<String>, i64) = CLAIM
+            .key(&self.keys.urls)
+            .key(&self.keys.overflow)
+            .key(&self.keys.claims)
+            .key(self.keys.claim(&id, "urls"))
+            .key(self.keys.claim(&id, "overflow"))
+            .arg(now_ms())
+            .arg(lease_ms)
+            .arg(&id)
+            .invoke_async(&mut con)
+            .await?;
+        let mut claims = Vec::with_capacity(stale.len() + 1);
+        for old in stale {
+            claims.push(self.read_claim(&mut con, &old, true).await?);
+        }
+        if made == 1 {
+            claims.push(self.read_claim(&mut con, &id, false).await?);
+        }
+        Ok(claims)
+    }
+
+    async fn save_plan(
+        &self,
+        claim_id: &str,
+        plan: Vec<PlannedBatch>,
+    ) -> Result<Vec<PlannedBatch>> {
+        let mut con = self.conn()?;
+        let mut inv = SAVE_PLAN.prepare_invoke();
+        inv.key(&self.keys.claims)
+            .key(self.keys.claim(claim_id, "plan"))
+            .arg(claim_id);
+        for batch in &plan {
+            let json = serde_json::to_string(batch)
+                .map_err(|e| Error::Internal(format!("cannot encode a plan: {e}")))?;
+            inv.arg(json);
+        }
+        let saved: Option<Vec<String>> = inv.invoke_async(&mut con).await?;
+        match saved {
+            Some(raw) => decode_plan(&raw),
+            // The claim is gone: another sender finished it.
+            None => Ok(Vec::new()),
+        }
+    }
+
+    async fn batch_done(&self, claim_id: &str, index: usize, batch: &PlannedBatch) -> Result<()> {
+        let mut con = self.conn()?;
+        let mut inv = BATCH_DONE.prepare_invoke();
+        inv.key(&self.keys.claims)
+            .key(self.keys.claim(claim_id, "done"))
+            .key(self.keys.claim(claim_id, "urls"))
+            .key(self.keys.billed(&month_key(now_ms())))
+            .arg(claim_id)
+            .arg(index)
+            .arg(batch.paths.len())
+            .arg(BILL_TTL_SECS);
+        for url in &batch.covers {
+            inv.arg(url);
+        }
+        inv.invoke_async::<i64>(&mut con).await?;
+        Ok(())
+    }
+
+    async fn renew(&self, claim_id: &str, lease_ms: u64) -> Result<()> {
+        let mut con = self.conn()?;
+        RENEW
+            .key(&self.keys.claims)
+            .arg(claim_id)
+            .arg(now_ms() + lease_ms)
+            .invoke_async::<i64>(&mut con)
+            .await?;
+        Ok(())
+    }
+
+    async fn release(&self, claim_id: &str) -> Result<()> {
+        let mut con = self.conn()?;
+        // Score 0: the lease has run out, the next send resumes it.
+        redis::cmd("ZADD")
+            .arg(&self.keys.claims)
+            .arg("XX")
+            .arg(0)
+            .arg(claim_id)
+            .query_async::<()>(&mut con)
+            .await?;
+        Ok(())
+    }
+
+    async fn finish(&self, claim_id: &str) -> Result<()> {
+        let mut con = self.conn()?;
+        redis::pipe()
+            .atomic()
+            .zrem(&self.keys.claims, claim_id)
+            .del(&[
+                self.keys.claim(claim_id, "urls"),
+                self.keys.claim(claim_id, "overflow"),
+                self.keys.claim(claim_id, "plan"),
+                self.keys.claim(claim_id, "done"),
+            ])
+            .query_async::<()>(&mut con)
+            .await?;
+        Ok(())
+    }
+
+    async fn billed_this_month(&self) -> Result<u64> {
+        let mut con = self.conn()?;
+        let n: Option<u64> = con.get(self.keys.billed(&month_key(now_ms()))).await?;
+        Ok(n.unwrap_or(0))
+    }
+
+    async fn disconnect(&self) -> Result<()> {
+        self.manager
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .take();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_stay_under_the_hash_tagged_prefix() {
+        let k = Keys::new("cfit");
+        assert_eq!(k.urls, "{cfit}:urls");
+        assert_eq!(k.claim("abc", "plan"), "{cfit}:claim:abc:plan");
+        assert_eq!(k.billed("2026-11"), "{cfit}:billed:2026-11");
+        assert_eq!(Keys::new("app:{t}").urls, "app:{t}:urls");
+    }
+
+    #[test]
+    fn bad_urls_are_refused_without_io() {
+        assert!(RedisStore::new(RedisConfig::new("http://nope")).is_err());
+        assert!(RedisStore::new(RedisConfig::new("redis://127.0.0.1:1/0")).is_ok());
+    }
+}

@@ -1,0 +1,217 @@
+//! The tracker: normalisation, the write-behind buffer, the store and the sender, in plain async Rust.
+
+use crate::buffer::WriteBuffer;
+use crate::cloudfront::{CfConfig, CloudFront, DistributionInfo};
+use crate::error::{Error, Result};
+use crate::paths;
+use crate::send::{self, Log, SendConfig, SendOptions, SendReport};
+use crate::store::{now_ms, Store};
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+
+/// Everything a tracker is configured with, besides its store and CloudFront settings.
+#[derive(Clone, Debug)]
+pub struct TrackerConfig {
+    /// How sends behave.
+    pub send: SendConfig,
+    /// Flood guard: most URLs tracked one by one; past it, URLs are covered by wildcards.
+    pub max_tracked: usize,
+    /// How often buffered URLs are written to the store.
+    pub flush_interval: Duration,
+    /// Most distinct URLs buffered in memory between writes.
+    pub buffer_capacity: usize,
+}
+
+impl Default for TrackerConfig {
+    fn default() -> Self {
+        Self {
+            send: SendConfig::default(),
+            max_tracked: 1_000_000,
+            flush_interval: Duration::from_millis(50),
+            buffer_capacity: 100_000,
+        }
+    }
+}
+
+/// Tracks URLs and sends them to CloudFront.
+pub struct Tracker {
+    store: Arc<dyn Store>,
+    cf: CloudFront,
+    config: TrackerConfig,
+    buffer: Arc<WriteBuffer>,
+    log: Arc<dyn Log>,
+    runtime: tokio::runtime::Handle,
+    flusher: OnceLock<()>,
+    /// One send at a time per tracker; other processes are kept apart by the store's claims.
+    sending: tokio::sync::Mutex<()>,
+}
+
+fn expiry(ttl_secs: Option<f64>) -> Result<Option<u64>> {
+    match ttl_secs {
+        None => Ok(None),
+        Some(t) if !t.is_finite() || t < 0.0 => Err(Error::InvalidArgument(format!(
+            "ttlInSec must be a finite number >= 0, got {t}"
+        ))),
+        Some(t) if t == 0.0 => Ok(None),
+        Some(t) => Ok(Some(now_ms().saturating_add((t * 1000.0).ceil() as u64))),
+    }
+}
+
+impl Tracker {
+    /// A tracker over `store`. `runtime` runs the background writer.
+    pub fn new(
+        store: Arc<dyn Store>,
+        cf: CfConfig,
+        config: TrackerConfig,
+        log: Arc<dyn Log>,
+        runtime: tokio::runtime::Handle,
+    ) -> Arc<Self> {
+        let threshold = (config.buffer_capacity / 4).clamp(1, 10_000);
+        Arc::new(Self {
+            store,
+            cf: CloudFront::new(cf),
+            buffer: Arc::new(WriteBuffer::new(config.buffer_capacity, threshold)),
+            config,
+            log,
+            runtime,
+            flusher: OnceLock::new(),
+            sending: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The path a URL is tracked as.
+    pub fn normalize(&self, url: &str) -> Result<String> {
+        Ok(paths::normalize(url, &self.config.send.rules)?)
+    }
+
+    /// Tracks a URL (or, with `wildcard`, a wildcard prefix the caller asked for). Returns the write window to await
+    /// with [`Tracker::written`]. Costs a normalisation and a hash insert; the store is written in the background.
+    pub fn track(
+        self: &Arc<Self>,
+        url: &str,
+        ttl_secs: Option<f64>,
+        wildcard: bool,
+    ) -> Result<u64> {
+        let expires_at = expiry(ttl_secs)?;
+        let path = if wildcard {
+            paths::wildcard(url, &self.config.send.rules)?
+        } else {
+            paths::normalize(url, &self.config.send.rules)?
+        };
+        self.start_flusher();
+        Ok(self.buffer.push(path, expires_at))
+    }
+
+    fn start_flusher(self: &Arc<Self>) {
+        self.flusher.get_or_init(|| {
+            let weak: Weak<Tracker> = Arc::downgrade(self);
+            let buffer = self.buffer.clone();
+            let interval = self.config.flush_interval;
+            self.runtime.spawn(async move {
+                let mut backoff = interval;
+                loop {
+                    buffer.tick(backoff).await;
+                    let Some(tracker) = weak.upgrade() else { break };
+                    if tracker.buffer.is_empty() {
+                        backoff = interval;
+                        continue;
+                    }
+                    match tracker.write_buffer().await {
+                        Ok(()) => backoff = interval,
+                        Err(e) => {
+                            tracker.log.warn(&format!(
+                                "could not write {} tracked URLs to the {} store, will retry: {e}",
+                                tracker.buffer.len(),
+                                tracker.store.kind()
+                            ));
+                            backoff = (backoff * 2).clamp(interval, Duration::from_secs(5));
+                        }
+                    }
+                }
+            });
+        });
+    }
+
+    async fn write_buffer(&self) -> Result<()> {
+        let outcome = self
+            .buffer
+            .flush(self.store.as_ref(), self.config.max_tracked)
+            .await?;
+        if outcome.overflowed > 0 {
+            self.log.warn(&format!(
+                "tracked-URL limit reached: {} URLs will be covered by wildcards on the next send",
+                outcome.overflowed
+            ));
+        }
+        Ok(())
+    }
+
+    /// Resolves when the URLs tracked in `window` are in the store.
+    pub async fn written(&self, window: u64) -> Result<()> {
+        self.buffer.written(window).await
+    }
+
+    /// Writes every buffered URL to the store now.
+    pub async fn flush(&self) -> Result<()> {
+        self.write_buffer().await
+    }
+
+    /// Changes how long a tracked URL stays tracked (`0`: until sent).
+    pub async fn set_ttl(&self, url: &str, ttl_secs: f64) -> Result<()> {
+        let expires_at = expiry(Some(ttl_secs))?;
+        let path = self.normalize(url)?;
+        if self.buffer.set_expiry(&path, expires_at) {
+            return Ok(());
+        }
+        self.store.set_expiry(&path, expires_at).await
+    }
+
+    /// Stops tracking a URL.
+    pub async fn remove(&self, url: &str) -> Result<()> {
+        let path = self.normalize(url)?;
+        self.buffer.forget(&path);
+        self.store.remove(&[path]).await
+    }
+
+    /// Every URL the next send will invalidate.
+    pub async fn list(&self) -> Result<Vec<String>> {
+        self.flush().await?;
+        self.store.list().await
+    }
+
+    /// Sends every tracked URL to CloudFront.
+    pub async fn send(&self, opts: SendOptions) -> Result<SendReport> {
+        if !opts.dry_run && self.cf.dist().is_empty() {
+            return Err(Error::InvalidArgument(
+                "Missing CloudFront secret key, access key, or distribution ID".into(),
+            ));
+        }
+        let _one = self.sending.lock().await;
+        self.flush().await?;
+        send::send(
+            self.store.as_ref(),
+            &self.cf,
+            &self.config.send,
+            opts,
+            self.log.as_ref(),
+        )
+        .await
+    }
+
+    /// Writes what is buffered, then closes the store's connections; the next call reconnects.
+    pub async fn disconnect(&self) -> Result<()> {
+        let flushed = self.flush().await;
+        let closed = self.store.disconnect().await;
+        flushed.and(closed)
+    }
+
+    /// The distributions of the account (for finding one by origin).
+    pub async fn list_distributions(&self) -> Result<Vec<DistributionInfo>> {
+        self.cf.list_distributions().await
+    }
+
+    /// The status of one invalidation of the tracker's distribution.
+    pub async fn invalidation_status(&self, id: &str) -> Result<String> {
+        Ok(self.cf.invalidation_status(id).await?)
+    }
+}
