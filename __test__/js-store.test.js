@@ -1,0 +1,185 @@
+'use strict'
+
+// Custom stores: the original contract, the Store base class, and every way a store can fail.
+
+const { describe, it, before, after } = require('node:test')
+const assert = require('node:assert/strict')
+const createTracker = require('..')
+const { Store } = createTracker
+const { startEnv, sleep, noUnhandledRejections } = require('./helpers/env')
+const { SyncStore, PromiseStore, CallbackStore } = require('./helpers/stores')
+
+let env
+before(async () => { env = await startEnv() })
+after(async () => { await env.close() })
+
+describe('the Store base class', () => {
+  it('throws the original messages for unimplemented required methods', () => {
+    const s = new Store()
+    assert.throws(() => s.set('/a', 1), { message: "Missing 'set' implementation!" })
+    assert.throws(() => s.getAllKeys(() => {}), { message: "Missing 'getAllKeys' implementation!" })
+    assert.throws(() => s.clearAll(), { message: "Missing 'clearAll' implementation!" })
+  })
+
+  it('refuses a store missing required methods, naming them', () => {
+    class Half extends Store { set () {} }
+    const cf = { dist: 'E1' }
+    assert.throws(() => createTracker({ cf, store: new Half() }), (err) => {
+      assert.equal(err.code, 'ERR_INVALID_ARG_TYPE')
+      assert.ok(err instanceof TypeError)
+      assert.match(err.message, /'getAllKeys'/)
+      assert.match(err.message, /'clearAll'/)
+      assert.doesNotMatch(err.message, /'set'/)
+      return true
+    })
+    assert.throws(() => createTracker({ cf, store: { set () {}, getAllKeys () {} } }), /'clearAll'/)
+  })
+
+  it('accepts duck-typed stores, subclasses and old-style prototype stores', () => {
+    const cf = { dist: 'E1' }
+    for (const store of [new SyncStore(), new PromiseStore(), new CallbackStore(), { set () {}, getAllKeys () { return [] }, clearAll () {} }]) {
+      assert.ok(createTracker({ cf, store }))
+    }
+  })
+})
+
+describe('a store written for the original package', () => {
+  it('is driven with this bound, connected first, and forgets exactly what was sent', async () => {
+    const calls = []
+    function RedisLikeStore () { this.keys = new Map(); this.connected = false }
+    RedisLikeStore.prototype.__proto__ = Store.prototype // eslint-disable-line no-proto
+    RedisLikeStore.prototype.isConnected = function () { return this.connected }
+    RedisLikeStore.prototype.connect = function () { calls.push('connect'); this.connected = true }
+    RedisLikeStore.prototype.disconnect = function () { calls.push('disconnect'); this.connected = false }
+    RedisLikeStore.prototype.set = function (key, value) { assert.equal(value, 1); this.keys.set(key, value) }
+    RedisLikeStore.prototype.getAllKeys = function (cb) { cb(null, [...this.keys.keys()]) }
+    RedisLikeStore.prototype.clearAll = function () { calls.push('clearAll'); this.keys.clear() }
+    RedisLikeStore.prototype.del = function (key) { calls.push(`del ${key}`); this.keys.delete(key) }
+    const store = new RedisLikeStore()
+    const dist = await env.newDistribution()
+    const invl = env.tracker({ cf: { dist }, store })
+    await invl.storeUrl('/a')
+    await invl.storeUrl('/b')
+    assert.equal(calls[0], 'connect')
+    const report = await invl.sendInvalidation()
+    assert.equal(report.paths, 2)
+    assert.deepEqual(await env.received(dist), ['/a', '/b'])
+    assert.ok(calls.includes('del /a') && calls.includes('del /b'))
+    assert.ok(!calls.includes('clearAll'), 'a store with del is never cleared wholesale')
+    assert.equal(calls.at(-1), 'disconnect')
+    assert.equal(store.keys.size, 0)
+  })
+
+  it('URLs stored while a send runs survive it', async () => {
+    const store = new PromiseStore()
+    const original = store.getAllKeys.bind(store)
+    let invl
+    store.getAllKeys = async function () {
+      const keys = await original()
+      // A request arrives while the send is under way.
+      await invl.storeUrl('/during')
+      return keys
+    }
+    const dist = await env.newDistribution()
+    invl = env.tracker({ cf: { dist }, store })
+    await invl.storeUrl('/before')
+    await invl.sendInvalidation()
+    assert.deepEqual(await env.received(dist), ['/before'])
+    assert.deepEqual(await invl.listUrls(), ['/during'])
+  })
+
+  it('a store without del falls back to clearAll after a complete send', async () => {
+    const keys = new Set()
+    let cleared = 0
+    const store = { set (k) { keys.add(k) }, getAllKeys () { return [...keys] }, clearAll () { cleared++; keys.clear() } }
+    const dist = await env.newDistribution()
+    const invl = env.tracker({ cf: { dist }, store })
+    await invl.storeUrl('/x')
+    await invl.sendInvalidation()
+    assert.equal(cleared, 1)
+    assert.deepEqual(await env.received(dist), ['/x'])
+  })
+})
+
+describe('store failures reject with the method named and leave the process alive', () => {
+  const cases = {
+    'set throws': { set () { throw new Error('disk full') } },
+    'set rejects': { async set () { throw new Error('disk full') } },
+    'getAllKeys throws': { getAllKeys () { throw new Error('boom') } },
+    'getAllKeys rejects': { async getAllKeys () { throw new Error('boom') } },
+    'getAllKeys calls back an error': { getAllKeys (cb) { setImmediate(() => cb(new Error('boom'))) } },
+    'getAllKeys answers a number': { getAllKeys () { return 42 } },
+    'getAllKeys answers non-strings': { getAllKeys () { return ['/a', 7] } },
+    'getAllKeys answers an object': { async getAllKeys () { return { '/a': 1 } } },
+    'getAllKeys never answers': { getAllKeys (cb) {} } // eslint-disable-line n/handle-callback-err
+  }
+  const expectations = {
+    'set throws': ['set', 'ERR_CFIT_STORE', /disk full/],
+    'set rejects': ['set', 'ERR_CFIT_STORE', /disk full/],
+    'getAllKeys throws': ['getAllKeys', 'ERR_CFIT_STORE', /boom/],
+    'getAllKeys rejects': ['getAllKeys', 'ERR_CFIT_STORE', /boom/],
+    'getAllKeys calls back an error': ['getAllKeys', 'ERR_CFIT_STORE', /boom/],
+    'getAllKeys answers a number': ['getAllKeys', 'ERR_CFIT_STORE', /array of strings/],
+    'getAllKeys answers non-strings': ['getAllKeys', 'ERR_CFIT_STORE', /array of strings/],
+    'getAllKeys answers an object': ['getAllKeys', 'ERR_CFIT_STORE', /array of strings/],
+    'getAllKeys never answers': ['getAllKeys', 'ERR_CFIT_STORE_TIMEOUT', /did not answer within 200 ms/]
+  }
+  for (const [name, override] of Object.entries(cases)) {
+    it(name, async () => {
+      const good = new SyncStore()
+      const store = Object.assign(good, override)
+      const dist = await env.newDistribution()
+      const invl = env.tracker({ cf: { dist }, store, storeTimeoutMs: 200 })
+      const [method, code, detail] = expectations[name]
+      await noUnhandledRejections(async () => {
+        if (method === 'set') {
+          invl.storeUrl('/unawaited') // the original's usage: nobody awaits
+          await assert.rejects(invl.storeUrl('/a'), (err) => {
+            assert.equal(err.code, code)
+            assert.match(err.message, new RegExp(`'${method}'`))
+            assert.match(err.message, detail)
+            return true
+          })
+        } else {
+          good.data.set('/a')
+          invl.sendInvalidation() // unawaited
+          await assert.rejects(invl.sendInvalidation(), (err) => {
+            assert.equal(err.code, code)
+            assert.match(err.message, new RegExp(`'${method}'`))
+            assert.match(err.message, detail)
+            return true
+          })
+          // Nothing it could not read was sent; nothing was removed.
+          assert.deepEqual(await env.invalidations(dist), [])
+          assert.deepEqual(good.data.live(), ['/a'])
+        }
+      })
+    })
+  }
+
+  it('a del that fails after CloudFront accepted keeps the URL for the next send (sent again, never lost)', async () => {
+    const store = new SyncStore()
+    let failDel = true
+    store.del = function (key) { if (failDel) throw new Error('del down'); this.data.del(key) }
+    const dist = await env.newDistribution()
+    const invl = env.tracker({ cf: { dist }, store })
+    await invl.storeUrl('/a')
+    await assert.rejects(invl.sendInvalidation(), { code: 'ERR_CFIT_STORE', message: /'del'/ })
+    assert.deepEqual(store.data.live(), ['/a'])
+    failDel = false
+    const report = await invl.sendInvalidation()
+    assert.equal(report.resumed, 1, 'the accepted batch is resumed with its CallerReference')
+    const invalidations = await env.invalidations(dist)
+    assert.equal(new Set(invalidations.map((i) => i.callerReference)).size, 1)
+    assert.deepEqual(store.data.live(), [])
+  })
+
+  it('a store that is slow but answers in time is fine', async () => {
+    const store = new SyncStore()
+    const orig = store.getAllKeys.bind(store)
+    store.getAllKeys = async () => { await sleep(100); return orig() }
+    const invl = env.tracker({ store, storeTimeoutMs: 1000 })
+    await invl.storeUrl('/slow')
+    assert.deepEqual(await invl.listUrls(), ['/slow'])
+  })
+})
