@@ -230,12 +230,16 @@ async function startFakeCloudFront({
   function handle(req, res, body) {
     const url = new URL(req.url, 'http://localhost')
     const route = routeOf(req.method, url.pathname)
-    const record = { op: route.op, method: req.method, path: req.url, at: Date.now(), answeredWith: undefined }
-    if (route.distributionId !== undefined) record.distributionId = route.distributionId
-    if (route.op === 'CreateInvalidation') {
-      const batch = peekBatch(body)
-      if (batch.callerReference !== undefined) record.callerReference = batch.callerReference
-      if (batch.paths !== undefined) record.paths = batch.paths
+    const batch = route.op === 'CreateInvalidation' ? peekBatch(body) : {}
+    const record = {
+      op: route.op,
+      method: req.method,
+      path: req.url,
+      ...(route.distributionId !== undefined && { distributionId: route.distributionId }),
+      ...(batch.callerReference !== undefined && { callerReference: batch.callerReference }),
+      ...(batch.paths !== undefined && { paths: batch.paths }),
+      at: Date.now(),
+      answeredWith: undefined,
     }
     requests.push(record)
 

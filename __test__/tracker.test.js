@@ -1,0 +1,214 @@
+'use strict'
+
+// The drop-in tracker: the original options and calls, Redis forms and hygiene, errors and the no-crash promise.
+
+const { describe, it, before, after } = require('node:test')
+const assert = require('node:assert/strict')
+const path = require('node:path')
+const { spawnSync } = require('node:child_process')
+const createTracker = require('..')
+const { startEnv, sleep, noUnhandledRejections } = require('./helpers/env')
+const { startRedis } = require('./helpers/services')
+
+let env
+before(async () => { env = await startEnv() })
+after(async () => { await env.close() })
+
+describe('options', () => {
+  const cf = { secret_key: 's', access_key: 'a', dist: 'E123' }
+  it('throws the original messages', () => {
+    assert.throws(() => createTracker(), { message: 'Missing options' })
+    assert.throws(() => createTracker({ redis: true }), { message: 'Missing CloudFront secret key, access key, or distribution ID' })
+    assert.throws(() => createTracker({ cf: { secret_key: 's', access_key: 'a' }, redis: true }), { message: /Missing CloudFront/ })
+    assert.throws(() => createTracker({ cf: { access_key: 'a', dist: 'E' }, redis: true }), { message: /Missing CloudFront/ })
+    assert.throws(() => createTracker({ cf }), { message: 'Options must contain a store' })
+  })
+
+  it('accepts the original forms and does no I/O at construction', () => {
+    assert.ok(createTracker({ cf, redis: true }))
+    assert.ok(createTracker({ cf, redis: { REDIS_URL: 'redis://127.0.0.1:1' } }))
+    assert.ok(createTracker({ cf, redis: { port: 1, hostname: '127.0.0.1', password: 'x' } }))
+    assert.ok(createTracker({ cf, redis: { url: 'rediss://u:p@127.0.0.1:1/2', prefix: 'app' } }))
+    assert.ok(createTracker({ cf: { dist: 'E' }, store: 'memory://' }), 'credentials may come from the AWS chain')
+  })
+
+  it('refuses options of the wrong type with Node codes', () => {
+    const bad = [
+      [{ cf: 'x', redis: true }, TypeError, 'ERR_INVALID_ARG_TYPE'],
+      [{ cf, redis: 42 }, TypeError, 'ERR_INVALID_ARG_TYPE'],
+      [{ cf, redis: { url: 'http://x' } }, RangeError, 'ERR_INVALID_ARG_VALUE'],
+      [{ cf, store: 'mongo://x' }, RangeError, 'ERR_INVALID_ARG_VALUE'],
+      [{ cf, store: 'memory://', batchSize: 0 }, RangeError, 'ERR_INVALID_ARG_VALUE'],
+      [{ cf, store: 'memory://', batchSize: 3001 }, RangeError, 'ERR_INVALID_ARG_VALUE'],
+      [{ cf, store: 'memory://', batchSize: '10' }, TypeError, 'ERR_INVALID_ARG_TYPE'],
+      [{ cf, store: 'memory://', logger: { info () {} } }, TypeError, 'ERR_INVALID_ARG_TYPE'],
+      [{ cf, store: 'memory://', queryStrings: 'drop' }, RangeError, 'ERR_INVALID_ARG_VALUE']
+    ]
+    for (const [options, Type, code] of bad) {
+      assert.throws(() => createTracker(options), (err) => err instanceof Type && err.code === code, JSON.stringify(options))
+    }
+  })
+})
+
+describe('calls', () => {
+  it('refuses bad arguments with a clear error and changes nothing', async () => {
+    const invl = env.tracker({ redis: { url: env.redis.url, prefix: 'badargs' } })
+    await invl.storeUrl('/ok')
+    const cases = [
+      [() => invl.storeUrl(42), TypeError, 'ERR_INVALID_ARG_TYPE'],
+      [() => invl.storeUrl(''), RangeError, 'ERR_INVALID_ARG_VALUE'],
+      [() => invl.storeUrl(undefined), TypeError, 'ERR_INVALID_ARG_TYPE'],
+      [() => invl.storeUrl('/' + 'a'.repeat(4000)), RangeError, 'ERR_INVALID_ARG_VALUE'],
+      [() => invl.storeUrl('/x', -1), RangeError, 'ERR_INVALID_ARG_VALUE'],
+      [() => invl.storeUrl('/x', NaN), RangeError, 'ERR_INVALID_ARG_VALUE'],
+      [() => invl.storeUrl('/x', Infinity), RangeError, 'ERR_INVALID_ARG_VALUE'],
+      [() => invl.storeUrl('/x', '60'), TypeError, 'ERR_INVALID_ARG_TYPE'],
+      [() => invl.setUrlTTL('/ok', -5), RangeError, 'ERR_INVALID_ARG_VALUE'],
+      [() => invl.removeUrl(null), TypeError, 'ERR_INVALID_ARG_TYPE'],
+      [() => invl.sendInvalidation('now'), TypeError, 'ERR_INVALID_ARG_TYPE']
+    ]
+    await noUnhandledRejections(async () => {
+      for (const [call, Type, code] of cases) {
+        await assert.rejects(call(), (err) => err instanceof Type && err.code === code)
+      }
+    })
+    assert.deepEqual(await invl.listUrls(), ['/ok'])
+  })
+
+  it('a call nobody awaits never becomes an unhandled rejection; failures go to the logger', async () => {
+    const lines = []
+    const logger = { info () {}, warn: (m) => lines.push(m), error: (m) => lines.push(m) }
+    const invl = createTracker({ cf: { dist: env.dist, endpoint: env.moto.endpoint }, redis: { url: 'redis://127.0.0.1:1' }, logger })
+    await noUnhandledRejections(async () => {
+      invl.storeUrl('/a')
+      invl.removeUrl('/a')
+      invl.setUrlTTL('/a', 10)
+      invl.sendInvalidation()
+      invl.storeUrl(12)
+      await sleep(500)
+    })
+    assert.ok(lines.some((l) => /storeUrl failed/.test(l)))
+    assert.ok(lines.some((l) => /sendInvalidation failed/.test(l)))
+    // Who awaits still gets the rejection, with a stable code.
+    await assert.rejects(invl.listUrls(), { code: 'ERR_CFIT_REDIS' })
+  })
+
+  it('logs like the original', async () => {
+    const lines = []
+    const logger = { info: (m) => lines.push(m), warn: (m) => lines.push(m), error: (m) => lines.push(m) }
+    const dist = await env.newDistribution()
+    const invl = createTracker({ cf: { dist, endpoint: env.moto.endpoint }, store: 'memory://', logger })
+    await invl.storeUrl('/a')
+    await invl.storeUrl('/b')
+    await invl.sendInvalidation()
+    await sleep(50)
+    assert.ok(lines.includes('Sending invalidation to CloudFront... (2 paths)'), lines.join('\n'))
+    assert.ok(lines.includes('Success! 201'))
+  })
+
+  it("reports CloudFront's error and keeps the URLs", async () => {
+    const invl = env.tracker({ cf: { dist: 'ENOSUCHDIST' }, store: 'memory://' })
+    await invl.storeUrl('/a')
+    await assert.rejects(invl.sendInvalidation(), (err) => {
+      assert.equal(err.code, 'ERR_CFIT_CLOUDFRONT')
+      assert.match(err.message, /NoSuchDistribution/)
+      assert.equal(err.report.kept, 1)
+      return true
+    })
+    assert.deepEqual(await invl.listUrls(), ['/a'])
+  })
+})
+
+describe('the Redis store', () => {
+  it('never touches keys outside its prefix and keeps them all in one hash slot', async () => {
+    const r = env.redis.client
+    const before = new Set(await r.command('KEYS', '*'))
+    await r.command('SET', 'user:session', 'keep-me')
+    await r.command('ZADD', 'urls', '1', '/not-ours')
+    const dist = await env.newDistribution()
+    const invl = env.tracker({ cf: { dist }, redis: { url: env.redis.url } })
+    await invl.storeUrl('/a', 60)
+    await invl.storeUrl('/b')
+    const during = await r.command('KEYS', '*')
+    const added = during.filter((k) => !before.has(k) && k !== 'user:session' && k !== 'urls')
+    assert.ok(added.length > 0)
+    for (const k of added) assert.match(k, /^\{cfit\}:/)
+    await invl.sendInvalidation()
+    assert.equal(await r.command('GET', 'user:session'), 'keep-me')
+    assert.deepEqual(await r.command('ZRANGE', 'urls', '0', '-1'), ['/not-ours'])
+    assert.deepEqual(await env.received(dist), ['/a', '/b'])
+    await r.command('DEL', 'user:session', 'urls')
+  })
+
+  it('works with a password, the original { port, hostname, password } form, and redis: true', async () => {
+    const secured = await startRedis()
+    await secured.client.command('CONFIG', 'SET', 'requirepass', 's3cret')
+    try {
+      const { port } = secured
+      const a = env.tracker({ redis: { port, hostname: '127.0.0.1', password: 's3cret', prefix: 'pw' } })
+      await a.storeUrl('/pw')
+      assert.deepEqual(await a.listUrls(), ['/pw'])
+      const wrong = env.tracker({ redis: { port, hostname: '127.0.0.1', password: 'nope', prefix: 'pw' } })
+      await assert.rejects(wrong.listUrls(), (err) => err.code === 'ERR_CFIT_REDIS' && !/s3cret|nope/.test(err.message))
+      process.env.REDIS_URL = `redis://:s3cret@127.0.0.1:${port}`
+      const b = env.tracker({ redis: true, cf: {} })
+      assert.deepEqual(await b.listUrls(), [], 'default prefix holds nothing yet')
+      const c = env.tracker({ redis: { REDIS_URL: process.env.REDIS_URL, prefix: 'pw' } })
+      assert.deepEqual(await c.listUrls(), ['/pw'])
+    } finally {
+      delete process.env.REDIS_URL
+      await secured.stop()
+    }
+  })
+
+  it('recovers by itself after a Redis restart', async () => {
+    const redis = await startRedis()
+    try {
+      const invl = env.tracker({ redis: { url: redis.url } })
+      await invl.storeUrl('/one')
+      await redis.restart()
+      // The first call after the restart may fail while reconnecting; without any user action the next works.
+      await invl.storeUrl('/two').catch(() => invl.storeUrl('/two'))
+      assert.ok((await invl.listUrls()).includes('/two'))
+    } finally {
+      await redis.stop()
+    }
+  })
+
+  it('buffers while Redis is down and writes once it is back', async () => {
+    const redis = await startRedis()
+    try {
+      const invl = env.tracker({ redis: { url: redis.url } })
+      await invl.storeUrl('/warm')
+      await redis.kill()
+      await noUnhandledRejections(async () => {
+        invl.storeUrl('/while-down')
+        await sleep(300)
+      })
+      await redis.restart()
+      await sleep(1500)
+      assert.ok((await invl.listUrls()).includes('/while-down'))
+    } finally {
+      await redis.stop()
+    }
+  })
+})
+
+describe('module shape', () => {
+  it('exports the factory with named exports, from CommonJS and ESM', () => {
+    assert.equal(typeof createTracker, 'function')
+    assert.equal(typeof createTracker.Tracker, 'function')
+    assert.equal(typeof createTracker.Store, 'function')
+    assert.ok(createTracker({ cf: { dist: 'E' }, store: 'memory://' }) instanceof createTracker.Tracker)
+    const script = "import createTracker, { Tracker, Store } from 'cf-invalidation-tracker'; " +
+      "const t = createTracker({ cf: { dist: 'E' }, store: 'memory://' }); " +
+      "if (!(t instanceof Tracker) || typeof Store !== 'function') process.exit(3)"
+    const nodePath = path.resolve(__dirname, '..', '..')
+    const res = spawnSync(process.execPath, ['--input-type=module', '-e', script], {
+      cwd: path.join(__dirname, '..'),
+      env: { ...process.env, NODE_PATH: nodePath },
+      encoding: 'utf8'
+    })
+    assert.equal(res.status, 0, res.stderr)
+  })
+})
