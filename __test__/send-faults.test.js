@@ -1,0 +1,266 @@
+'use strict'
+
+// The send under faults: every tracked URL reaches CloudFront, none is billed twice (each batch is created once per
+// CallerReference), and URLs stored during a send stay tracked. CloudFront is our fault-injecting server here; what it
+// received is counted from its side.
+
+const { describe, it, before, after, beforeEach } = require('node:test')
+const assert = require('node:assert/strict')
+const path = require('node:path')
+const { spawn } = require('node:child_process')
+const createTracker = require('..')
+const { startRedis, useAwsTestEnv } = require('./helpers/services')
+const { startFakeCloudFront } = require('./helpers/fake-cloudfront')
+const { sleep } = require('./helpers/env')
+
+const DIST = 'EFAULTS'
+let cf
+let redis
+let restoreEnv
+let prefixes = 0
+
+before(async () => {
+  restoreEnv = useAwsTestEnv()
+  ;[cf, redis] = await Promise.all([
+    startFakeCloudFront({ distributions: [DIST] }),
+    startRedis({ args: ['--appendonly', 'yes', '--appendfsync', 'always'] })
+  ])
+})
+after(async () => {
+  await Promise.allSettled([cf.stop(), redis.stop()])
+  restoreEnv()
+})
+beforeEach(() => cf.reset())
+
+function options (extra = {}) {
+  return {
+    cf: { dist: DIST, endpoint: cf.endpoint },
+    redis: { url: redis.url, prefix: `faults${++prefixes}` },
+    logger: false,
+    pollIntervalMs: 30,
+    leaseMs: 1000,
+    sendTimeoutMs: 20000,
+    ...extra
+  }
+}
+
+async function tracked (n, extra) {
+  const opts = options(extra)
+  const tracker = createTracker(opts)
+  const urls = Array.from({ length: n }, (_, i) => `/item/${String(i).padStart(5, '0')}`)
+  await Promise.all(urls.map((u) => tracker.storeUrl(u)))
+  return { tracker, urls, opts }
+}
+
+/** Every URL reached CloudFront exactly once, and each CallerReference made exactly one invalidation. */
+function assertDeliveredOnce (urls) {
+  const received = cf.pathsReceived(DIST)
+  assert.deepEqual([...received].sort(), [...urls].sort(), 'every URL, exactly once')
+  const refs = cf.invalidations(DIST).map((i) => i.callerReference)
+  assert.equal(new Set(refs).size, refs.length, 'no CallerReference made two invalidations')
+}
+
+function creates () {
+  return cf.requests.filter((r) => r.op === 'CreateInvalidation')
+}
+
+describe('retries', () => {
+  for (const [kind, times] of [[503, 5], ['throttle', 5], ['reset', 5]]) {
+    it(`${kind} x${times}: retried until accepted`, async () => {
+      const { tracker, urls } = await tracked(30)
+      cf.fail(kind, { times })
+      const report = await tracker.sendInvalidation()
+      assertDeliveredOnce(urls)
+      assert.equal(report.kept, 0)
+      assert.equal(creates().length, times + 1)
+      assert.deepEqual(await tracker.listUrls(), [])
+    })
+  }
+
+  it('accepted but the answer lost: the retry gets the same invalidation back, billed once', async () => {
+    const { tracker, urls } = await tracked(10)
+    cf.fail('acceptThenReset')
+    const report = await tracker.sendInvalidation()
+    assert.equal(creates().length, 2)
+    assert.equal(cf.invalidations(DIST).length, 1)
+    assert.equal(report.batches[0].id, cf.invalidations(DIST)[0].id)
+    assertDeliveredOnce(urls)
+  })
+
+  it('slow answers are waited for', async () => {
+    const { tracker, urls } = await tracked(5)
+    cf.fail('slow', { delayMs: 1500 })
+    await tracker.sendInvalidation()
+    assertDeliveredOnce(urls)
+  })
+})
+
+describe("CloudFront's limits", () => {
+  it('TooManyInvalidationsInProgress means wait and retry, not fail', async () => {
+    const { tracker, urls } = await tracked(20)
+    cf.fail('tooMany', { times: 3 })
+    const report = await tracker.sendInvalidation()
+    assertDeliveredOnce(urls)
+    assert.ok(report.batches[0].retries >= 3)
+  })
+
+  it('paces batches against the 3,000 paths in progress, without being refused', async () => {
+    await cf.stop()
+    cf = await startFakeCloudFront({ distributions: [DIST], inProgressMs: 400 })
+    const { tracker, urls } = await tracked(7000, { batchSize: 3000, sendTimeoutMs: 30000 })
+    const report = await tracker.sendInvalidation()
+    assert.equal(report.batches.length, 3)
+    assertDeliveredOnce(urls)
+    assert.equal(cf.requests.filter((r) => r.errorCode === 'TooManyInvalidationsInProgress').length, 0)
+  })
+
+  it('keeps wildcards within 15 in progress', async () => {
+    const tracker = createTracker(options())
+    const wildcards = Array.from({ length: 20 }, (_, i) => `/dir${i}/`)
+    await Promise.all(wildcards.map((w) => tracker.storeUrl(w, { wildcard: true })))
+    const report = await tracker.sendInvalidation()
+    assert.equal(report.batches.length, 2)
+    assert.ok(report.batches.every((b) => b.paths.length <= 15))
+    assert.deepEqual([...cf.pathsReceived(DIST)].sort(), wildcards.map((w) => `${w}*`).sort())
+    assert.equal(cf.requests.filter((r) => r.errorCode === 'TooManyInvalidationsInProgress').length, 0)
+  })
+
+  it('BatchTooLarge splits the batch', async () => {
+    const { tracker, urls } = await tracked(100)
+    cf.fail('batchTooLarge')
+    const report = await tracker.sendInvalidation()
+    assertDeliveredOnce(urls)
+    assert.equal(cf.invalidations(DIST).length, 2)
+    assert.equal(report.batches.length, 1)
+    assert.match(report.batches[0].id, /,/)
+  })
+
+  it('a deadline that passes keeps the rest for later', async () => {
+    const { tracker, urls } = await tracked(10, { sendTimeoutMs: 400 })
+    cf.fail('tooMany', { times: 1000 })
+    await assert.rejects(tracker.sendInvalidation(), (err) => {
+      assert.equal(err.code, 'ERR_CFIT_TIMEOUT')
+      assert.equal(err.report.kept, 10)
+      return true
+    })
+    assert.deepEqual(await tracker.listUrls(), urls)
+    cf.reset()
+    await sleep(1100) // the lease of the failed send runs out
+    const report = await tracker.sendInvalidation()
+    assert.equal(report.resumed, 1)
+    assertDeliveredOnce(urls)
+  })
+})
+
+describe('failures part-way', () => {
+  it('access denied on the second batch: the first is not sent again, the rest stays tracked', async () => {
+    const { tracker, urls } = await tracked(25, { batchSize: 10 })
+    // The first batch goes through; then CloudFront refuses.
+    const first = tracker.sendInvalidation()
+    while (creates().length < 1) await sleep(5)
+    cf.fail('accessDenied', { times: 1 })
+    await assert.rejects(first, (err) => {
+      assert.equal(err.code, 'ERR_CFIT_CLOUDFRONT')
+      assert.match(err.message, /AccessDenied/)
+      assert.equal(err.report.batches[0].status, 'InProgress')
+      assert.equal(err.report.kept, 15)
+      return true
+    })
+    assert.equal((await tracker.listUrls()).length, 15)
+    await sleep(1100)
+    const report = await tracker.sendInvalidation()
+    assert.equal(report.resumed, 2)
+    assertDeliveredOnce(urls)
+    assert.deepEqual(await tracker.listUrls(), [])
+  })
+
+  it('URLs stored while a send runs are still tracked after it', async () => {
+    const { tracker, urls, opts } = await tracked(5)
+    const other = createTracker(opts) // another server process on the same Redis
+    cf.fail('slow', { delayMs: 600 })
+    const sending = tracker.sendInvalidation()
+    await sleep(150)
+    await other.storeUrl('/arrived-during-send')
+    await other.storeUrl(urls[0]) // served again during the send: must be invalidated again next time
+    await sending
+    assertDeliveredOnce(urls)
+    assert.deepEqual(await tracker.listUrls(), ['/arrived-during-send', urls[0]].sort())
+  })
+
+  it('Redis restarted mid-send: nothing lost, nothing billed twice', async () => {
+    const { tracker, urls } = await tracked(30, { batchSize: 10 })
+    cf.fail('slow', { delayMs: 700 })
+    const sending = tracker.sendInvalidation().then((r) => ({ r }), (e) => ({ e }))
+    await sleep(200)
+    await redis.restart() // persistent: the data survives, connections do not
+    const first = await sending
+    if (first.e) {
+      // The store failed mid-send: the claim stays and the next send resumes it.
+      assert.equal(first.e.code, 'ERR_CFIT_REDIS')
+      await sleep(1100)
+      await tracker.sendInvalidation()
+    }
+    assertDeliveredOnce(urls)
+    assert.deepEqual(await tracker.listUrls(), [])
+  })
+
+  it('a sender killed with SIGKILL between batches: the next send resumes, nothing sent twice', async () => {
+    await cf.stop()
+    cf = await startFakeCloudFront({ distributions: [DIST], inProgressMs: 60000, maxInProgressPaths: 10 })
+    const { tracker, urls, opts } = await tracked(30, { batchSize: 10 })
+    const child = spawn(process.execPath, [path.join(__dirname, 'helpers', 'sender.js'), JSON.stringify(opts)], { stdio: 'ignore' })
+    // Batch one is accepted; batch two waits for room (10 paths in progress): kill the sender there.
+    for (let i = 0; i < 400 && creates().length < 1; i++) await sleep(25)
+    assert.equal(cf.invalidations(DIST).length, 1)
+    await sleep(200)
+    child.kill('SIGKILL')
+    await new Promise((resolve) => child.once('exit', resolve))
+    cf.completeAll()
+    await sleep(1100) // its lease runs out
+    const pending = await tracker.listUrls()
+    assert.equal(pending.length, 20, 'the unsent batches are still tracked')
+    // CloudFront finishes invalidations as they come now.
+    const finishing = setInterval(() => cf.completeAll(), 20)
+    const report = await tracker.sendInvalidation().finally(() => clearInterval(finishing))
+    assert.equal(report.resumed, 2)
+    assertDeliveredOnce(urls)
+  })
+
+  it('two senders racing on one Redis send each URL once between them', async () => {
+    await cf.stop()
+    cf = await startFakeCloudFront({ distributions: [DIST] })
+    const { urls, opts } = await tracked(3000, { batchSize: 500 })
+    const run = () => new Promise((resolve, reject) => {
+      const child = spawn(process.execPath, [path.join(__dirname, 'helpers', 'sender.js'), JSON.stringify(opts)])
+      let out = ''
+      child.stdout.on('data', (d) => { out += d })
+      child.on('error', reject)
+      child.on('exit', () => resolve(JSON.parse(out)))
+    })
+    const [a, b] = await Promise.all([run(), run()])
+    assert.equal(a.error, undefined)
+    assert.equal(b.error, undefined)
+    assert.equal(a.report.paths + b.report.paths, 3000)
+    assertDeliveredOnce(urls)
+  })
+})
+
+describe('reports', () => {
+  it('wait: true polls until every batch is completed', async () => {
+    await cf.stop()
+    cf = await startFakeCloudFront({ distributions: [DIST], inProgressMs: 300 })
+    const { tracker } = await tracked(15, { batchSize: 10 })
+    const report = await tracker.sendInvalidation({ wait: true })
+    assert.deepEqual(report.batches.map((b) => b.status), ['Completed', 'Completed'])
+    assert.ok(cf.requests.some((r) => r.op === 'GetInvalidation'))
+  })
+
+  it('a dry run sends and changes nothing', async () => {
+    const { tracker, urls } = await tracked(12, { batchSize: 5 })
+    const report = await tracker.sendInvalidation({ dryRun: true })
+    assert.equal(report.batches.length, 3)
+    assert.equal(report.paths, 12)
+    assert.equal(creates().length, 0)
+    assert.deepEqual(await tracker.listUrls(), urls)
+  })
+})
