@@ -1,0 +1,226 @@
+// Type definitions for cf-invalidation-tracker.
+
+import type { IncomingMessage, ServerResponse } from 'node:http'
+
+declare namespace createTracker {
+  /** CloudFront settings, in the original package's shape. */
+  interface CloudFrontOptions {
+    /** Distribution id. Required. */
+    dist: string
+    /** Access key id. With `secret_key`; when both are absent, the standard AWS credential chain is used. */
+    access_key?: string
+    /** Secret access key. */
+    secret_key?: string
+    /** Session token of temporary credentials. */
+    session_token?: string
+    /** Signing region (CloudFront is global; default `us-east-1` unless the environment names one). */
+    region?: string
+    /** A CloudFront-compatible endpoint URL (tests, proxies). */
+    endpoint?: string
+  }
+
+  /** Redis settings: the original's forms plus `url` and `prefix`. */
+  type RedisOptions =
+    | true
+    | string
+    | {
+        /** `redis://[user:pass@]host:port[/db]` or `rediss://…`. */
+        url?: string
+        /** The original's form: a Redis URL. */
+        REDIS_URL?: string
+        /** The original's form: port, hostname and password. */
+        port?: number
+        hostname?: string
+        password?: string
+        /** Key prefix, wrapped in a `{hash tag}`. Default `cfit`. */
+        prefix?: string
+      }
+
+  /** Where log lines go. */
+  interface Logger {
+    info(message: string): void
+    warn(message: string): void
+    error(message: string): void
+  }
+
+  /** Options of a tracker. */
+  interface Options {
+    cf: CloudFrontOptions
+    /** The Redis store. */
+    redis?: RedisOptions
+    /** `'memory://'` for the native in-memory store, or a custom store object. */
+    store?: 'memory://' | StoreLike
+    /** `console` by default; `false` silences. */
+    logger?: Logger | false
+    /** Paths per CreateInvalidation request, 1 to 3000. Default 1000. */
+    batchSize?: number
+    /** Most paths one send may bill; more are collapsed into covering wildcards. */
+    maxPaths?: number
+    /** Flood guard: most URLs tracked one by one (default 1,000,000); past it, covered by wildcards. */
+    maxTrackedUrls?: number
+    /** How query strings are treated: `'keep'` (default), `'strip'` or `'wildcard'`. */
+    queryStrings?: 'keep' | 'strip' | 'wildcard'
+    /** Index document (e.g. `'index.html'`): directory URLs also invalidate their other forms. */
+    indexDocument?: string
+    /** How long a send keeps trying before it keeps the rest for later, in ms. Default 15 minutes. */
+    sendTimeoutMs?: number
+    /** Pause between polls of CloudFront while waiting, in ms. Default 10,000. */
+    pollIntervalMs?: number
+    /** Lease of a send's claim: a sender silent for longer is taken for dead and resumed, in ms. Default 60,000. */
+    leaseMs?: number
+    /** How often buffered URLs are written to the store, in ms. Default 50. */
+    flushIntervalMs?: number
+    /** Per-call timeout of a custom store, in ms. Default 30,000. */
+    storeTimeoutMs?: number
+    /** Most distinct URLs buffered in memory between writes. Default 100,000. */
+    bufferCapacity?: number
+  }
+
+  /** A custom store: the original package's contract. Methods may return a value, a Promise, or call back. */
+  interface StoreLike {
+    set(key: string, value: number, callback?: (err?: Error | null) => void): unknown
+    getAllKeys(callback?: (err: Error | null, keys?: string[]) => void): unknown
+    clearAll(callback?: (err?: Error | null) => void): unknown
+    connect?(callback?: (err?: Error | null) => void): unknown
+    disconnect?(callback?: (err?: Error | null) => void): unknown
+    isConnected?(): boolean | Promise<boolean>
+    del?(key: string, callback?: (err?: Error | null) => void): unknown
+    setTTL?(key: string, ttlInSec: number, callback?: (err?: Error | null) => void): unknown
+  }
+
+  /** What happened to one CreateInvalidation batch. */
+  interface BatchReport {
+    /** CloudFront's invalidation id (comma-separated when the batch had to be split). */
+    id?: string
+    /** The CallerReference it was sent with. */
+    callerReference?: string
+    /** `InProgress`, `Completed`, `Kept` (not sent, still tracked) or `DryRun`. */
+    status: string
+    /** Its paths. */
+    paths: string[]
+    /** True when resumed from an earlier send that failed or died. */
+    resumed: boolean
+    /** Attempts beyond the first. */
+    retries: number
+    /** Why it was kept. */
+    error?: string
+  }
+
+  /** What a send did. */
+  interface Report {
+    /** Paths sent (or, in a dry run, that would be). */
+    paths: number
+    batches: BatchReport[]
+    /** Tracked URLs kept for a later send. */
+    kept: number
+    /** Batches resumed from an earlier send. */
+    resumed: number
+    /** Flood-guard wildcards sent. */
+    overflow: string[]
+    /** True when `maxPaths` collapsed paths into wildcards. */
+    collapsed: boolean
+    /** Paths billed by this send. */
+    billedPaths: number
+    /** Paths billed this month through this store. */
+    billedThisMonth: number
+    /** Estimated price of this send in USD: 1,000 free paths a month, then $0.005 a path. */
+    estimatedCostUsd: number
+    dryRun: boolean
+  }
+
+  /** A rejected send: `report` tells what was sent and what was kept. */
+  interface SendError extends Error {
+    code: string
+    report: Report
+  }
+
+  interface SendOptions {
+    /** Poll until every invalidation completed (or `sendTimeoutMs` passes). */
+    wait?: boolean
+    /** Report what would be sent; send and change nothing. */
+    dryRun?: boolean
+  }
+
+  interface Distribution {
+    id: string
+    domainName: string
+    origins: string[]
+    status: string
+  }
+
+  /** Options of `invl.middleware()`. */
+  interface MiddlewareOptions {
+    /** Methods whose responses are tracked. Default `['GET', 'HEAD']`. */
+    methods?: string[]
+    /** Statuses tracked: a list or a predicate. Default 2xx and 3xx. */
+    statuses?: number[] | ((status: number) => boolean)
+    /** Stop tracking a URL that answers 404 (the original's 404 handler). Default true. */
+    removeOn404?: boolean
+    /** Only track requests that came through CloudFront. Default false. */
+    onlyCloudFront?: boolean
+    /** TTL in seconds, or a function of the request and response. */
+    ttl?: number | ((req: IncomingMessage, res: ServerResponse) => number | undefined)
+    /** Track only when this returns true. */
+    filter?: (req: IncomingMessage, res: ServerResponse) => boolean
+  }
+
+  /** Tracks the URLs a server serves and invalidates them on CloudFront. */
+  class Tracker {
+    constructor(options: Options)
+    /** Tracks a URL; resolves once it is in the store. `{ wildcard: true }` tracks a wildcard you ask for. */
+    storeUrl(url: string, ttlInSec?: number | { ttl?: number; wildcard?: boolean }): Promise<void>
+    /** Changes how long a tracked URL stays tracked (0: until sent). */
+    setUrlTTL(url: string, ttlInSec: number): Promise<void>
+    /** Stops tracking a URL. */
+    removeUrl(url: string): Promise<void>
+    /** Every URL the next send will invalidate. */
+    listUrls(): Promise<string[]>
+    /** Writes buffered URLs to the store now. */
+    flush(): Promise<void>
+    /** Writes buffered URLs and closes connections; the next call reconnects. */
+    disconnect(): Promise<void>
+    /** The path a URL is tracked and sent as. */
+    normalize(url: string): string
+    /** Sends every tracked URL, forgets what CloudFront accepted, then disconnects. */
+    sendInvalidation(options?: SendOptions): Promise<Report>
+    /** Express/connect middleware tracking cacheable responses. */
+    middleware(options?: MiddlewareOptions): (req: IncomingMessage, res: ServerResponse, next: (err?: unknown) => void) => void
+    /** The account's distributions. */
+    listDistributions(): Promise<Distribution[]>
+    /** The status of one invalidation. */
+    invalidationStatus(id: string): Promise<string>
+  }
+
+  /** Base class of custom stores (the original package's). */
+  class Store implements StoreLike {
+    set(key: string, value: number): unknown
+    getAllKeys(callback?: (err: Error | null, keys?: string[]) => void): unknown
+    clearAll(): unknown
+  }
+
+  /** One S3 event notification record (the fields used). */
+  interface S3EventRecord {
+    eventName: string
+    s3: { bucket: { name: string }; object: { key: string } }
+  }
+
+  /** Options of the S3 helpers: the tracker's `cf`, with `dist` optional. */
+  interface S3Options {
+    cf: Partial<CloudFrontOptions>
+    logger?: Logger | false
+    wait?: boolean
+  }
+
+  /** Invalidates the keys an S3 event names, on the distribution whose origin is the bucket. */
+  function invalidateS3Event(event: { Records?: S3EventRecord[] }, options: S3Options): Promise<Report | Report[]>
+  /** Resolves to the id of the distribution whose origin is `bucket`. */
+  function findDistributionByOrigin(bucket: string, options: S3Options): Promise<string>
+
+  /** `createTracker(options)`, for ES module default-import users. */
+  const createTracker: (options: Options) => Tracker
+}
+
+/** `require('cf-invalidation-tracker')(options)`: the original factory. */
+declare function createTracker(options: createTracker.Options): createTracker.Tracker
+
+export = createTracker
