@@ -451,7 +451,7 @@ fn drop_covered<'a>(sorted: &[&'a str]) -> Vec<&'a str> {
     // only strings that also start with it in between.
     let mut kept: Vec<&str> = Vec::with_capacity(prefixes.len());
     for prefix in prefixes {
-        if kept.last().map_or(true, |last| !prefix.starts_with(last)) {
+        if kept.last().is_none_or(|last| !prefix.starts_with(last)) {
             kept.push(prefix);
         }
     }
@@ -735,7 +735,7 @@ impl<'a> Tree<'a> {
                     self.dirs[id].path,
                     id,
                 );
-                if best.map_or(true, |b| key < b) {
+                if best.is_none_or(|b| key < b) {
                     best = Some(key);
                 }
             }
@@ -1308,7 +1308,7 @@ mod tests {
             prop_assert!(sent.iter().any(|s| covers(s, &tracked)));
             for path in &sent {
                 prop_assert!(path.starts_with('/') && path.len() <= MAX_PATH_LEN);
-                prop_assert!(path.find('*').map_or(true, |i| i == path.len() - 1), "{}", path);
+                prop_assert!(path.find('*').is_none_or(|i| i == path.len() - 1), "{}", path);
                 if let Some(prefix) = wildcard_prefix(path) {
                     // Only query variants: the prefix is a sent path followed by '?'.
                     prop_assert!(prefix.ends_with('?') && sent.iter().any(|s| format!("{s}?") == prefix), "{}", path);

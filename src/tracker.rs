@@ -52,7 +52,7 @@ fn expiry(ttl_secs: Option<f64>) -> Result<Option<u64>> {
         Some(t) if !t.is_finite() || t < 0.0 => Err(Error::InvalidArgument(format!(
             "ttlInSec must be a finite number >= 0, got {t}"
         ))),
-        Some(t) if t == 0.0 => Ok(None),
+        Some(0.0) => Ok(None),
         Some(t) => Ok(Some(now_ms().saturating_add((t * 1000.0).ceil() as u64))),
     }
 }
