@@ -148,21 +148,34 @@ declare namespace createTracker {
     status: string
   }
 
-  /** Options of `invl.middleware()`. */
-  interface MiddlewareOptions {
-    /** Methods whose responses are tracked. Default `['GET', 'HEAD']`. */
+  /**
+   * Options of `invl.middleware()`. `Req` and `Res` are your framework's request and response types (Express's
+   * `Request` and `Response`), inferred from `filter` and `ttl`.
+   */
+  interface MiddlewareOptions<Req extends IncomingMessage = IncomingMessage, Res extends ServerResponse = ServerResponse> {
+    /** Methods whose responses are tracked (case ignored). Default `['GET', 'HEAD']`. */
     methods?: string[]
-    /** Statuses tracked: a list or a predicate. Default 2xx and 3xx. */
+    /** Statuses tracked: a list, or a predicate. Default: 2xx and 3xx. */
     statuses?: number[] | ((status: number) => boolean)
-    /** Stop tracking a URL that answers 404 (the original's 404 handler). Default true. */
+    /** Stop tracking a URL that answers 404 (and that `statuses` does not track). Default `true`. */
     removeOn404?: boolean
-    /** Only track requests that came through CloudFront. Default false. */
+    /**
+     * Only track (and untrack) requests that came through CloudFront: an `X-Amz-Cf-Id` header, a `Via` naming
+     * CloudFront, or the User-Agent `Amazon CloudFront`. Default `false`.
+     */
     onlyCloudFront?: boolean
-    /** TTL in seconds, or a function of the request and response. */
-    ttl?: number | ((req: IncomingMessage, res: ServerResponse) => number | undefined)
-    /** Track only when this returns true. */
-    filter?: (req: IncomingMessage, res: ServerResponse) => boolean
+    /**
+     * How long the URL stays tracked, in seconds, or a function of the request and response (called once the
+     * response has finished: read `req.originalUrl`, not `req.url`). `undefined`, `null` or `0`: until it is sent.
+     */
+    ttl?: number | ((req: Req, res: Res) => number | undefined | null)
+    /** Called once the response has finished; `false` leaves the request alone (neither tracked nor untracked). */
+    filter?: (req: Req, res: Res) => boolean
   }
+
+  /** What `invl.middleware()` returns: calls `next()` at once; `next` may be omitted in a plain `http` server. */
+  type TrackingMiddleware<Req extends IncomingMessage = IncomingMessage, Res extends ServerResponse = ServerResponse> =
+    (req: Req, res: Res, next?: (err?: unknown) => void) => void
 
   /** Tracks the URLs a server serves and invalidates them on CloudFront. */
   class Tracker {
@@ -183,8 +196,10 @@ declare namespace createTracker {
     normalize(url: string): string
     /** Sends every tracked URL, forgets what CloudFront accepted, then disconnects. */
     sendInvalidation(options?: SendOptions): Promise<Report>
-    /** Express/connect middleware tracking cacheable responses. */
-    middleware(options?: MiddlewareOptions): (req: IncomingMessage, res: ServerResponse, next: (err?: unknown) => void) => void
+    /** Express/connect middleware tracking cacheable responses (GET/HEAD, 2xx/3xx, not `private`/`no-store`). */
+    middleware<Req extends IncomingMessage = IncomingMessage, Res extends ServerResponse = ServerResponse>(
+      options?: MiddlewareOptions<Req, Res>
+    ): TrackingMiddleware<Req, Res>
     /** The account's distributions. */
     listDistributions(): Promise<Distribution[]>
     /** The status of one invalidation. */
@@ -200,21 +215,62 @@ declare namespace createTracker {
 
   /** One S3 event notification record (the fields used). */
   interface S3EventRecord {
+    /** `ObjectCreated:Put`, `ObjectRemoved:Delete`, ...: only ObjectCreated:* and ObjectRemoved:* are used. */
     eventName: string
-    s3: { bucket: { name: string }; object: { key: string } }
+    s3: {
+      bucket: { name: string }
+      /** URL-encoded, with '+' for a space, as S3 sends it. */
+      object: { key: string }
+    }
   }
 
-  /** Options of the S3 helpers: the tracker's `cf`, with `dist` optional. */
-  interface S3Options {
-    cf: Partial<CloudFrontOptions>
+  /** An S3 notification, or an SNS or SQS event whose messages are S3 notifications. */
+  interface S3Event {
+    Records: Array<S3EventRecord | { Sns: { Message: string } } | { body: string }>
+  }
+
+  /** The tracker's `cf` settings, with `dist` optional: without it, the bucket's distribution is looked up. */
+  type S3CloudFrontOptions = Omit<CloudFrontOptions, 'dist'> & { dist?: string }
+
+  /** Options of `invalidateS3Event`: `cf`, plus the tracker's sending options. */
+  interface S3Options extends Omit<Options, 'cf' | 'store' | 'redis' | 'logger'> {
+    cf: S3CloudFrontOptions
+    /** The tracker's logger: `console` by default (CloudWatch, in Lambda); `false` silences. */
     logger?: Logger | false
+    /** Wait until CloudFront has completed the invalidations. */
     wait?: boolean
   }
 
-  /** Invalidates the keys an S3 event names, on the distribution whose origin is the bucket. */
-  function invalidateS3Event(event: { Records?: S3EventRecord[] }, options: S3Options): Promise<Report | Report[]>
-  /** Resolves to the id of the distribution whose origin is `bucket`. */
-  function findDistributionByOrigin(bucket: string, options: S3Options): Promise<string>
+  /** The report of one distribution's send. */
+  interface S3Report extends Report {
+    /** The distribution id. */
+    distribution: string
+    /** The buckets whose keys it received. */
+    buckets: string[]
+  }
+
+  /** The rejection of a failed send: the first failure's `code` and message, and every distribution's report. */
+  interface S3SendError extends Error {
+    code: string
+    /** The failed distribution's report. */
+    report?: S3Report
+    /** Every distribution's report, sent or kept. */
+    reports: S3Report[]
+  }
+
+  /**
+   * Invalidates the objects an S3 event names: each key becomes the path '/' + key, sent to `cf.dist` when given,
+   * else to every distribution whose origin is the record's bucket. Resolves to one report per distribution (an
+   * empty array when the event names no object). Rejects with code `ERR_CFIT_NO_DISTRIBUTION` before sending when a
+   * bucket has no distribution, and with an `S3SendError` when a send failed.
+   */
+  function invalidateS3Event(event: S3Event, options: S3Options): Promise<S3Report[]>
+
+  /**
+   * Resolves to the id of the distribution whose origin is the S3 bucket `bucket` (the first listed if several).
+   * Rejects with code `ERR_CFIT_NO_DISTRIBUTION` when there is none.
+   */
+  function findDistributionByOrigin(bucket: string, options: { cf: S3CloudFrontOptions }): Promise<string>
 
   /** `createTracker(options)`, for ES module default-import users. */
   const createTracker: (options: Options) => Tracker

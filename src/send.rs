@@ -6,7 +6,7 @@ use crate::cloudfront::{
     MAX_IN_PROGRESS_WILDCARDS,
 };
 use crate::error::{Error, Result};
-use crate::paths::{self, PathRules};
+use crate::paths::{self, PathRules, QueryStrings};
 use crate::store::{Claim, PlannedBatch, Store};
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
@@ -103,96 +103,97 @@ pub struct SendReport {
     pub error: Option<Error>,
 }
 
-/// Builds the batches for a set of tracked URLs (and flood-guard wildcards).
+/// Builds the batches for a set of tracked URLs (and flood-guard wildcards). Returns the plan and whether `maxPaths`
+/// made it collapse paths into wildcards.
 pub fn plan(urls: &[String], overflow: &[String], cfg: &SendConfig) -> (Vec<PlannedBatch>, bool) {
     let mut sorted: Vec<&String> = urls.iter().collect();
-    sorted.sort();
+    sorted.sort_unstable();
     sorted.dedup();
-    // Every distinct sent path, and the tracked URLs behind it.
-    let mut order: Vec<String> = Vec::new();
-    let mut behind: HashMap<String, Vec<String>> = HashMap::new();
+    let variants = cfg.rules.index_document.is_some() || cfg.rules.query_strings == QueryStrings::Wildcard;
+    // Each sent path once, with the tracked URLs behind it. Without variants a URL is its own single path.
+    let mut units: Vec<(Vec<String>, String)> = Vec::with_capacity(sorted.len() + overflow.len());
+    let mut seen: HashMap<String, usize> = HashMap::new();
     for url in sorted {
-        for (i, p) in paths::send_paths(url, &cfg.rules).into_iter().enumerate() {
-            let entry = behind.entry(p.clone()).or_insert_with(|| {
-                order.push(p);
-                Vec::new()
-            });
-            if i == 0 {
-                entry.push(url.clone());
+        let paths = if variants {
+            paths::send_paths(url, &cfg.rules)
+        } else {
+            vec![url.clone()]
+        };
+        if variants {
+            let fresh: Vec<String> = paths.iter().filter(|p| !seen.contains_key(*p)).cloned().collect();
+            if fresh.is_empty() {
+                // Every form is already sent for another URL: ride along with the first one.
+                if let Some(&i) = paths.first().and_then(|p| seen.get(p)) {
+                    units[i].1.push('\n');
+                    units[i].1.push_str(url);
+                }
+                continue;
             }
+            for p in &fresh {
+                seen.insert(p.clone(), units.len());
+            }
+            units.push((fresh, url.clone()));
+        } else {
+            units.push((paths, url.clone()));
         }
     }
     for w in overflow {
-        behind.entry(w.clone()).or_insert_with(|| {
-            order.push(w.clone());
-            Vec::new()
-        });
+        units.push((vec![w.clone()], String::new()));
     }
-    let budget = cfg.max_paths.unwrap_or(usize::MAX);
-    let collapsed = order.len() > budget;
-    if collapsed {
-        let cover = paths::collapse(&order, budget.max(1), MAX_IN_PROGRESS_WILDCARDS);
-        let exact: HashMap<&str, usize> = cover
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (p.as_str(), i))
-            .collect();
-        let wild: Vec<(usize, &String)> = cover
-            .iter()
-            .enumerate()
-            .filter(|(_, p)| paths::is_wildcard(p))
-            .collect();
-        let mut covered_by: Vec<Vec<String>> = vec![Vec::new(); cover.len()];
-        for p in &order {
-            let slot = exact.get(p.as_str()).copied().or_else(|| {
-                wild.iter()
-                    .find(|(_, w)| paths::covers(w, p))
-                    .map(|(i, _)| *i)
-            });
-            if let (Some(i), Some(urls)) = (slot, behind.get(p)) {
-                covered_by[i].extend(urls.iter().cloned());
-            }
-        }
-        order = cover;
-        behind = order.iter().cloned().zip(covered_by).collect();
+    let total: usize = units.iter().map(|u| u.0.len()).sum();
+    if total > cfg.max_paths.unwrap_or(usize::MAX) {
+        return (collapse_plan(units, cfg), true);
     }
-    (pack(&order, &behind, cfg.batch_size), collapsed)
+    (pack(units, cfg.batch_size), false)
 }
 
-/// Packs paths into batches of at most `batch_size` paths and at most 15 wildcards each.
-fn pack(
-    order: &[String],
-    behind: &HashMap<String, Vec<String>>,
-    batch_size: usize,
-) -> Vec<PlannedBatch> {
+/// Packs units (sent paths + the tracked URLs behind them, newline-joined) into batches of at most `batch_size` paths
+/// and at most 15 wildcards each; a unit's paths stay together.
+fn pack(units: Vec<(Vec<String>, String)>, batch_size: usize) -> Vec<PlannedBatch> {
     let mut batches: Vec<PlannedBatch> = Vec::new();
-    let mut current = PlannedBatch {
-        paths: Vec::new(),
-        covers: Vec::new(),
-    };
+    let mut current = PlannedBatch::default();
     let mut wild = 0;
-    for p in order {
-        let is_wild = paths::is_wildcard(p);
-        if current.paths.len() >= batch_size || (is_wild && wild >= MAX_IN_PROGRESS_WILDCARDS) {
-            batches.push(std::mem::replace(
-                &mut current,
-                PlannedBatch {
-                    paths: Vec::new(),
-                    covers: Vec::new(),
-                },
-            ));
+    for (paths, behind) in units {
+        let unit_wild = paths.iter().filter(|p| paths::is_wildcard(p)).count();
+        let full = current.paths.len() + paths.len() > batch_size
+            || wild + unit_wild > MAX_IN_PROGRESS_WILDCARDS;
+        if full && !current.paths.is_empty() {
+            batches.push(std::mem::take(&mut current));
             wild = 0;
         }
-        wild += usize::from(is_wild);
-        current.paths.push(p.clone());
-        if let Some(urls) = behind.get(p) {
-            current.covers.extend(urls.iter().cloned());
-        }
+        wild += unit_wild;
+        current.paths.extend(paths);
+        current
+            .covers
+            .extend(behind.split('\n').filter(|u| !u.is_empty()).map(str::to_owned));
     }
     if !current.paths.is_empty() {
         batches.push(current);
     }
     batches
+}
+
+/// The plan when there are more paths than `maxPaths`: the most specific wildcard cover within the budget.
+fn collapse_plan(units: Vec<(Vec<String>, String)>, cfg: &SendConfig) -> Vec<PlannedBatch> {
+    let all: Vec<String> = units.iter().flat_map(|u| u.0.iter().cloned()).collect();
+    let budget = cfg.max_paths.unwrap_or(usize::MAX).max(1);
+    let cover = paths::collapse(&all, budget, MAX_IN_PROGRESS_WILDCARDS);
+    let exact: HashMap<&str, usize> = cover.iter().enumerate().map(|(i, p)| (p.as_str(), i)).collect();
+    let wild: Vec<(usize, &String)> = cover.iter().enumerate().filter(|(_, p)| paths::is_wildcard(p)).collect();
+    let mut behind: Vec<String> = vec![String::new(); cover.len()];
+    for (paths, urls) in &units {
+        let Some(first) = paths.first() else { continue };
+        let slot = exact
+            .get(first.as_str())
+            .copied()
+            .or_else(|| wild.iter().find(|(_, w)| paths::covers(w, first)).map(|(i, _)| *i));
+        if let Some(i) = slot {
+            behind[i].push('\n');
+            behind[i].push_str(urls);
+        }
+    }
+    let units = cover.iter().cloned().map(|p| vec![p]).zip(behind).collect();
+    pack(units, cfg.batch_size)
 }
 
 /// The CallerReference of a batch: derived from its content, so a retry of the same batch (in this process or
@@ -521,18 +522,13 @@ pub async fn send(
         let urls = store.list().await?;
         let (planned, collapsed) = plan(&urls, &[], cfg);
         report.collapsed = collapsed;
-        for (i, b) in planned.iter().enumerate() {
+        for b in planned {
             report.paths += b.paths.len();
             report.batches.push(BatchReport {
-                caller_reference: None,
                 status: "DryRun".into(),
-                paths: b.paths.clone(),
-                id: None,
-                resumed: false,
-                retries: 0,
-                error: None,
+                paths: b.paths,
+                ..BatchReport::default()
             });
-            let _ = i;
         }
         report.billed_this_month = store.billed_this_month().await?;
         report.estimated_cost_usd = estimate(report.billed_this_month, report.paths as u64);
@@ -553,9 +549,10 @@ pub async fn send(
         if !seen.insert(claim.id.clone()) {
             continue;
         }
-        if let Err(e) = sender.send_claim(claim.clone(), &mut report).await {
+        let id = claim.id.clone();
+        if let Err(e) = sender.send_claim(claim, &mut report).await {
             // The store failed mid-send: give the claim back so the next send resumes it.
-            let _ = store.release(&claim.id).await;
+            let _ = store.release(&id).await;
             return Err(e);
         }
     }

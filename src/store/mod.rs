@@ -23,7 +23,7 @@ pub struct Entry {
 }
 
 /// One CreateInvalidation request of a plan.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PlannedBatch {
     /// The paths sent to CloudFront (directory variants, wildcards).
     pub paths: Vec<String>,

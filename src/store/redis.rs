@@ -250,11 +250,40 @@ impl RedisStore {
     }
 }
 
+/// A planned batch as saved in Redis; `c` (the URLs covered) is left out when it equals `p` (the paths sent), as it
+/// does unless directory variants, query wildcards or a collapse are in play.
+#[derive(serde::Serialize)]
+struct WireOut<'a> {
+    p: &'a [String],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    c: Option<&'a [String]>,
+}
+
+#[derive(serde::Deserialize)]
+struct WireIn {
+    p: Vec<String>,
+    #[serde(default)]
+    c: Option<Vec<String>>,
+}
+
+fn encode_batch(batch: &PlannedBatch) -> Result<String> {
+    let wire = WireOut {
+        p: &batch.paths,
+        c: (batch.covers != batch.paths).then_some(batch.covers.as_slice()),
+    };
+    serde_json::to_string(&wire).map_err(|e| Error::Internal(format!("cannot encode a plan: {e}")))
+}
+
 fn decode_plan(raw: &[String]) -> Result<Vec<PlannedBatch>> {
     raw.iter()
         .map(|s| {
-            serde_json::from_str(s)
-                .map_err(|e| Error::Internal(format!("a saved plan in Redis is unreadable: {e}")))
+            let wire: WireIn = serde_json::from_str(s)
+                .map_err(|e| Error::Internal(format!("a saved plan in Redis is unreadable: {e}")))?;
+            let covers = wire.c.unwrap_or_else(|| wire.p.clone());
+            Ok(PlannedBatch {
+                paths: wire.p,
+                covers,
+            })
         })
         .collect()
 }
@@ -401,9 +430,7 @@ impl Store for RedisStore {
             .key(self.keys.claim(claim_id, "plan"))
             .arg(claim_id);
         for batch in &plan {
-            let json = serde_json::to_string(batch)
-                .map_err(|e| Error::Internal(format!("cannot encode a plan: {e}")))?;
-            inv.arg(json);
+            inv.arg(encode_batch(batch)?);
         }
         let saved: Option<Vec<String>> = inv.invoke_async(&mut con).await?;
         match saved {
@@ -497,6 +524,21 @@ mod tests {
         assert_eq!(k.claim("abc", "plan"), "{cfit}:claim:abc:plan");
         assert_eq!(k.billed("2026-11"), "{cfit}:billed:2026-11");
         assert_eq!(Keys::new("app:{t}").urls, "app:{t}:urls");
+    }
+
+    #[test]
+    fn saved_plans_round_trip_and_leave_out_what_repeats() {
+        let same = PlannedBatch {
+            paths: vec!["/a".into(), "/b".into()],
+            covers: vec!["/a".into(), "/b".into()],
+        };
+        let variants = PlannedBatch {
+            paths: vec!["/d".into(), "/d/".into()],
+            covers: vec!["/d/".into()],
+        };
+        let raw = vec![encode_batch(&same).unwrap(), encode_batch(&variants).unwrap()];
+        assert_eq!(raw[0], r#"{"p":["/a","/b"]}"#);
+        assert_eq!(decode_plan(&raw).unwrap(), vec![same, variants]);
     }
 
     #[test]

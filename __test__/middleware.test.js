@@ -1,0 +1,295 @@
+'use strict'
+
+// The Express middleware, in Express 5, Express 4 and a plain http server, observed through a real Redis store.
+
+const { test, describe, before, after, beforeEach } = require('node:test')
+const assert = require('node:assert/strict')
+const http = require('node:http')
+
+const createTracker = require('..')
+const { startRedis } = require('./helpers/services')
+const { sleep, noUnhandledRejections } = require('./helpers/env')
+
+const WAIT_MS = 5000
+
+/** Starts `handler` on a loopback port; resolves `{ url, close }`. */
+async function listen (handler) {
+  const server = http.createServer(handler)
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve))
+  return {
+    url: `http://127.0.0.1:${server.address().port}`,
+    close: () => new Promise((resolve) => { server.closeAllConnections(); server.close(resolve) })
+  }
+}
+
+/** Collects what the tracker logs. */
+function captureLogger () {
+  const lines = []
+  const log = (level) => (message) => lines.push({ level, message })
+  return { lines, logger: { info: log('info'), warn: log('warn'), error: log('error') } }
+}
+
+/** Polls the tracker's list (flushing its write buffer first) until it equals `expected`, then asserts it. */
+async function assertTracked (tracker, expected) {
+  const want = [...expected].sort()
+  let got
+  for (const deadline = Date.now() + WAIT_MS; Date.now() < deadline;) {
+    await tracker.flush()
+    got = (await tracker.listUrls()).sort()
+    if (JSON.stringify(got) === JSON.stringify(want)) break
+    await sleep(25)
+  }
+  assert.deepEqual(got, want)
+}
+
+/** The members of the Redis store's sorted set of tracked paths, read with a raw client. */
+async function rawTracked (redis, prefix = 'cfit') {
+  return (await redis.client.command('ZRANGE', `{${prefix}}:urls`, 0, -1)).sort()
+}
+
+/** Requests every [method, path, headers?] in order; resolves with their statuses. */
+async function hit (base, requests) {
+  const statuses = []
+  for (const [method, path, headers] of requests) {
+    const res = await fetch(base + path, { method, headers, redirect: 'manual' })
+    await res.arrayBuffer()
+    statuses.push(res.status)
+  }
+  return statuses
+}
+
+/** A site with every kind of response, built with `express` (v4 or v5). */
+function buildApp (express, tracker) {
+  const app = express()
+  app.use(tracker.middleware())
+  app.get('/page', (req, res) => res.send('page'))
+  app.get('/img/logo.png', (req, res) => res.type('png').send(Buffer.from([0x89, 0x50])))
+  app.get('/moved', (req, res) => res.redirect(301, '/page'))
+  app.get('/boom', () => { throw new Error('boom') })
+  app.get('/private', (req, res) => res.set('Cache-Control', 'private, max-age=60').send('mine'))
+  app.get('/nostore', (req, res) => res.set('Cache-Control', 'no-store').send('fresh'))
+  app.get('/public', (req, res) => res.set('Cache-Control', 'public, max-age=60').send('shared'))
+  app.post('/form', (req, res) => res.send('posted'))
+  const blog = express.Router()
+  blog.get('/post/:id', (req, res) => res.send(`post ${req.params.id}`))
+  app.use('/blog', blog)
+  // The original's 404 handler, without the removeUrl call: the middleware does that now.
+  app.use((req, res) => res.status(404).send('not found'))
+  app.use((err, req, res, next) => res.status(500).send(err.message))
+  return app
+}
+
+const ROUTES = [
+  ['GET', '/page'],
+  ['HEAD', '/page'],
+  ['GET', '/img/logo.png?v=2'],
+  ['GET', '/moved'],
+  ['GET', '/missing'],
+  ['GET', '/boom'],
+  ['GET', '/private'],
+  ['GET', '/nostore'],
+  ['GET', '/public'],
+  ['POST', '/form'],
+  ['GET', '/blog/post/7']
+]
+const EXPECTED = ['/blog/post/7', '/img/logo.png?v=2', '/moved', '/page', '/public']
+
+describe('middleware', () => {
+  let redis
+  before(async () => { redis = await startRedis() })
+  after(async () => { await redis?.stop() })
+  beforeEach(async () => { await redis.client.command('FLUSHDB') })
+
+  const tracker = (options = {}) => createTracker({ cf: { dist: 'EDIST' }, redis: { url: redis.url }, logger: false, ...options })
+
+  for (const [name, express] of [['Express 5', require('express')], ['Express 4', require('express4')]]) {
+    test(`${name}: tracks exactly the cacheable GET/HEAD responses, and a 404 stops tracking`, async () => {
+      const invl = tracker()
+      await invl.storeUrl('/missing') // served once, gone now
+      const server = await listen(buildApp(express, invl))
+      try {
+        const statuses = await hit(server.url, ROUTES)
+        assert.deepEqual(statuses, [200, 200, 200, 301, 404, 500, 200, 200, 200, 200, 200])
+        await assertTracked(invl, EXPECTED)
+        assert.deepEqual(await rawTracked(redis), EXPECTED)
+      } finally {
+        await server.close()
+        await invl.disconnect()
+      }
+    })
+  }
+
+  test('a plain http server: (req, res, next) with a no-op next, and without next', async () => {
+    const invl = tracker()
+    const mw = invl.middleware()
+    const server = await listen((req, res) => {
+      if (req.url.startsWith('/bare')) mw(req, res)
+      else mw(req, res, () => {})
+      res.statusCode = req.url.startsWith('/gone') ? 404 : 200
+      res.end('hello')
+    })
+    try {
+      await hit(server.url, [['GET', '/hello?x=1'], ['GET', '/bare'], ['GET', '/gone'], ['DELETE', '/hello'],
+        ['GET', '/long/' + 'x'.repeat(4000)]])
+      await assertTracked(invl, ['/bare', '/hello?x=1'])
+      assert.deepEqual(await rawTracked(redis), ['/bare', '/hello?x=1'])
+    } finally {
+      await server.close()
+      await invl.disconnect()
+    }
+  })
+
+  test('a middleware mounted twice tracks a request once; a router-level one sees the mount path', async () => {
+    const express = require('express')
+    const invl = tracker()
+    const app = express()
+    app.use(invl.middleware())
+    const shop = express.Router()
+    shop.use(invl.middleware())
+    shop.get('/item/:id', (req, res) => res.send('item'))
+    app.use('/shop', shop)
+    const solo = express.Router()
+    solo.use(invl.middleware())
+    solo.get('/x', (req, res) => res.send('x'))
+    const inner = express()
+    inner.use('/solo', solo)
+    const server = await listen(inner)
+    const server2 = await listen(app)
+    try {
+      await hit(server.url, [['GET', '/solo/x?y=1']])
+      await hit(server2.url, [['GET', '/shop/item/3']])
+      await assertTracked(invl, ['/shop/item/3', '/solo/x?y=1'])
+    } finally {
+      await server.close()
+      await server2.close()
+      await invl.disconnect()
+    }
+  })
+
+  test('options: onlyCloudFront, methods, statuses, filter, ttl, removeOn404', async () => {
+    const express = require('express')
+    const invl = tracker()
+    const app = express()
+    app.use('/cf', invl.middleware({ onlyCloudFront: true }))
+    app.use('/m', invl.middleware({ methods: ['get', 'PUT'] }))
+    app.use('/s', invl.middleware({ statuses: [200, 203] }))
+    app.use('/f', invl.middleware({ statuses: (s) => s === 404 || s === 200, filter: (req) => !req.query.skip }))
+    app.use('/t', invl.middleware({ ttl: (req) => (req.originalUrl === '/t/short' ? 60 : undefined) }))
+    app.use('/n', invl.middleware({ ttl: 3600, removeOn404: false }))
+    app.all('/{*rest}', (req, res) => res.status(Number(req.query.status || 200)).send('ok'))
+    const server = await listen(app)
+    const started = Date.now()
+    try {
+      await invl.storeUrl('/n/kept')
+      await hit(server.url, [
+        ['GET', '/cf/direct'],
+        ['GET', '/cf/id', { 'X-Amz-Cf-Id': 'abc==' }],
+        ['GET', '/cf/via', { Via: '1.1 0123abcd.cloudfront.net (CloudFront)' }],
+        ['GET', '/cf/ua', { 'User-Agent': 'Amazon CloudFront' }],
+        ['PUT', '/m/put'],
+        ['HEAD', '/m/head'],
+        ['GET', '/s/ok'],
+        ['GET', '/s/no-content?status=204'],
+        ['GET', '/s/partial?status=203'],
+        ['GET', '/f/yes'],
+        ['GET', '/f/no?skip=1'],
+        ['GET', '/f/missing?status=404'],
+        ['GET', '/t/short'],
+        ['GET', '/t/long'],
+        ['GET', '/n/one'],
+        ['GET', '/n/kept?status=404']
+      ])
+      const want = ['/cf/id', '/cf/ua', '/cf/via', '/f/missing?status=404', '/f/yes', '/m/put', '/n/kept', '/n/one',
+        '/s/ok', '/s/partial?status=203', '/t/long', '/t/short']
+      await assertTracked(invl, want)
+      const score = async (path) => redis.client.command('ZSCORE', '{cfit}:urls', path)
+      assert.equal(await score('/t/long'), 'inf')
+      const short = Number(await score('/t/short'))
+      assert.ok(short >= started + 59_000 && short <= Date.now() + 61_000, `expiry ${short}`)
+      const hour = Number(await score('/n/one'))
+      assert.ok(hour >= started + 3_599_000 && hour <= Date.now() + 3_601_000, `expiry ${hour}`)
+    } finally {
+      await server.close()
+      await invl.disconnect()
+    }
+  })
+
+  test('a throwing filter or ttl function never reaches the response or the process', async () => {
+    const { lines, logger } = captureLogger()
+    const invl = tracker({ logger })
+    const mw = invl.middleware({ filter: () => { throw new Error('bad filter') } })
+    const mw2 = invl.middleware({ ttl: () => { throw new Error('bad ttl') } })
+    const server = await listen((req, res) => {
+      mw(req, res, () => mw2(req, res, () => res.end('fine')))
+    })
+    try {
+      await noUnhandledRejections(async () => {
+        const res = await fetch(server.url + '/x')
+        assert.equal(res.status, 200)
+        assert.equal(await res.text(), 'fine')
+      })
+      assert.ok(lines.some((l) => l.level === 'error' && /bad filter/.test(l.message)), JSON.stringify(lines))
+    } finally {
+      await server.close()
+      await invl.disconnect()
+    }
+  })
+
+  test('rejects bad options when it is built', () => {
+    const invl = createTracker({ cf: { dist: 'E' }, store: 'memory://', logger: false })
+    for (const bad of [{ methods: 'GET' }, { statuses: 200 }, { ttl: '60' }, { filter: true }, { removeOn404: 'yes' }]) {
+      assert.throws(() => invl.middleware(bad), { name: 'TypeError', code: 'ERR_INVALID_ARG_TYPE' }, JSON.stringify(bad))
+    }
+    assert.throws(() => invl.middleware({ ttl: -1 }), { name: 'RangeError', code: 'ERR_INVALID_ARG_VALUE' })
+    assert.throws(() => require('../lib/middleware').middleware({}), { code: 'ERR_INVALID_ARG_TYPE' })
+  })
+})
+
+describe('middleware while Redis is down', () => {
+  let redis
+  before(async () => { redis = await startRedis() })
+  after(async () => { await redis?.stop() })
+
+  test('responses come back at once, the process stays up, and tracking resumes when Redis is back', async () => {
+    const express = require('express')
+    const { lines, logger } = captureLogger()
+    const invl = createTracker({ cf: { dist: 'EDIST' }, redis: { url: redis.url }, logger, storeTimeoutMs: 500, flushIntervalMs: 50 })
+    const app = express()
+    app.use(invl.middleware())
+    app.get('/{*rest}', (req, res) => res.send('still here'))
+    const server = await listen(app)
+    try {
+      await hit(server.url, [['GET', '/before']])
+      await assertTracked(invl, ['/before'])
+      await redis.kill()
+
+      await noUnhandledRejections(async () => {
+        for (let i = 0; i < 30; i++) {
+          const t0 = Date.now()
+          const res = await fetch(`${server.url}/down/${i}`)
+          assert.equal(res.status, 200)
+          assert.equal(await res.text(), 'still here')
+          assert.ok(Date.now() - t0 < 250, `response ${i} took ${Date.now() - t0} ms`)
+        }
+        // Let the store's failures surface through the logger.
+        for (let i = 0; i < 100 && !lines.some((l) => l.level === 'error'); i++) await sleep(50)
+      }, 500)
+      assert.ok(lines.some((l) => l.level === 'error'), 'the store failure was logged')
+      const res = await fetch(`${server.url}/after-failure`)
+      assert.equal(res.status, 200)
+
+      await redis.restart()
+      await hit(server.url, [['GET', '/back']])
+      let raw = []
+      for (let i = 0; i < 100 && !raw.includes('/back'); i++) {
+        await invl.flush().catch(() => {})
+        raw = await rawTracked(redis)
+        if (!raw.includes('/back')) await sleep(50)
+      }
+      assert.ok(raw.includes('/back'), `tracked after restart: ${raw}`)
+    } finally {
+      await server.close()
+      await invl.disconnect().catch(() => {})
+    }
+  })
+})

@@ -1,0 +1,145 @@
+'use strict'
+
+// S3 events -> invalidations on the distribution whose origin is the bucket, against moto.
+
+const { test, describe, before, after } = require('node:test')
+const assert = require('node:assert/strict')
+
+const createTracker = require('..')
+const { invalidateS3Event, findDistributionByOrigin } = createTracker
+const { isBucketOrigin, keyToPath } = require('../lib/s3')
+const { startMoto, useAwsTestEnv } = require('./helpers/services')
+
+/** An S3 notification record, as S3 sends it (the key URL-encoded, '+' for space). */
+function record (bucket, key, eventName = 'ObjectCreated:Put') {
+  return {
+    eventVersion: '2.1',
+    eventSource: 'aws:s3',
+    awsRegion: 'us-east-1',
+    eventTime: new Date().toISOString(),
+    eventName,
+    s3: { s3SchemaVersion: '1.0', bucket: { name: bucket, arn: `arn:aws:s3:::${bucket}` }, object: { key, size: 1 } }
+  }
+}
+
+describe('S3 origins and keys', () => {
+  test('recognises the S3 endpoints of a bucket, and only that bucket', () => {
+    for (const domain of [
+      'mybucket.s3.amazonaws.com',
+      'mybucket.s3.eu-west-1.amazonaws.com',
+      'mybucket.s3-eu-west-1.amazonaws.com',
+      'mybucket.s3.dualstack.us-east-2.amazonaws.com',
+      'mybucket.s3-website-us-east-1.amazonaws.com',
+      'mybucket.s3-website.eu-central-1.amazonaws.com',
+      'mybucket.s3.cn-north-1.amazonaws.com.cn',
+      'MyBucket.S3.amazonaws.com'
+    ]) assert.ok(isBucketOrigin(domain, 'mybucket'), domain)
+    for (const domain of [
+      'otherbucket.s3.amazonaws.com',
+      'xmybucket.s3.amazonaws.com',
+      'mybucket.example.com',
+      'mybucket.s3.x.s3.amazonaws.com',
+      'www.mybucket.s3.amazonaws.com',
+      'mybucket.s3.amazonaws.com.evil.com'
+    ]) assert.ok(!isBucketOrigin(domain, 'mybucket'), domain)
+    assert.ok(isBucketOrigin('my.dotted.bucket.s3.amazonaws.com', 'my.dotted.bucket'))
+    assert.ok(!isBucketOrigin('myxdotted.bucket.s3.amazonaws.com', 'my.dotted.bucket'))
+  })
+
+  test('keys decode from the event form into paths that keep every character of the key', () => {
+    assert.equal(keyToPath('a+b%C3%A9.jpg'), '/a bé.jpg')
+    assert.equal(keyToPath('dir/100%25+off%3F.html'), '/dir/100%25 off%3F.html')
+    assert.equal(keyToPath('a%2Bb%23c'), '/a+b%23c')
+    const t = createTracker({ cf: { dist: 'E' }, store: 'memory://', logger: false })
+    assert.equal(t.normalize(keyToPath('a+b%C3%A9.jpg')), '/a%20b%C3%A9.jpg')
+    assert.equal(t.normalize(keyToPath('dir/100%25+off%3F.html')), '/dir/100%25%20off%3F.html')
+  })
+})
+
+describe('invalidateS3Event and findDistributionByOrigin (moto)', () => {
+  let moto, restoreEnv, photos, site, other
+  const cf = () => ({ endpoint: moto.endpoint })
+  const received = async (id) => (await moto.allInvalidatedPaths(id)).flatMap((i) => i.paths).sort()
+
+  before(async () => {
+    restoreEnv = useAwsTestEnv()
+    moto = await startMoto()
+    photos = (await moto.createDistribution({ originDomain: 'mybucket.s3.amazonaws.com', s3: true })).id
+    site = (await moto.createDistribution({ originDomain: 'site-bucket.s3.us-east-1.amazonaws.com', s3: true })).id
+    other = (await moto.createDistribution({ originDomain: 'www.example.com' })).id
+  })
+  after(async () => {
+    await moto?.stop()
+    restoreEnv?.()
+  })
+
+  test('findDistributionByOrigin finds the bucket\'s distribution, without a dist of its own', async () => {
+    assert.equal(await findDistributionByOrigin('mybucket', { cf: cf() }), photos)
+    assert.equal(await findDistributionByOrigin('site-bucket', { cf: cf() }), site)
+    await assert.rejects(findDistributionByOrigin('nobody', { cf: cf() }), (err) => {
+      assert.equal(err.code, 'ERR_CFIT_NO_DISTRIBUTION')
+      assert.match(err.message, /"nobody"/)
+      return true
+    })
+    await assert.rejects(findDistributionByOrigin('', { cf: cf() }), { code: 'ERR_INVALID_ARG_TYPE' })
+    await assert.rejects(findDistributionByOrigin('mybucket'), { code: 'ERR_INVALID_ARG_TYPE' })
+  })
+
+  test('an S3 record invalidates its decoded key on the bucket\'s distribution only', async () => {
+    const reports = await invalidateS3Event({ Records: [record('mybucket', 'a+b%C3%A9.jpg')] }, { cf: cf(), logger: false })
+    assert.equal(reports.length, 1)
+    assert.equal(reports[0].distribution, photos)
+    assert.deepEqual(reports[0].buckets, ['mybucket'])
+    assert.equal(reports[0].paths, 1)
+    assert.deepEqual(reports[0].batches.map((b) => b.paths), [['/a%20b%C3%A9.jpg']])
+    assert.deepEqual(await received(photos), ['/a%20b%C3%A9.jpg'])
+    assert.deepEqual(await received(site), [])
+    assert.deepEqual(await received(other), [])
+  })
+
+  test('several buckets and event kinds, SNS- and SQS-wrapped records: one report per distribution', async () => {
+    const before = { photos: await received(photos), site: await received(site) }
+    const event = {
+      Records: [
+        record('mybucket', 'img/new+one.png', 'ObjectCreated:CompleteMultipartUpload'),
+        record('mybucket', 'img/old.png', 'ObjectRemoved:Delete'),
+        record('mybucket', 'img/ignored.png', 'ObjectRestore:Completed'),
+        { EventSource: 'aws:sns', Sns: { Message: JSON.stringify({ Records: [record('site-bucket', 'docs/index.html')] }) } },
+        { eventSource: 'aws:sqs', body: JSON.stringify({ Records: [record('site-bucket', 'app.js', 'ObjectCreated:Copy')] }) },
+        { eventSource: 'aws:sqs', body: JSON.stringify({ Service: 'Amazon S3', Event: 's3:TestEvent' }) }
+      ]
+    }
+    const reports = await invalidateS3Event(event, { cf: cf(), logger: false, wait: true, indexDocument: 'index.html' })
+    const byDist = Object.fromEntries(reports.map((r) => [r.distribution, r]))
+    assert.deepEqual(Object.keys(byDist).sort(), [photos, site].sort())
+    assert.ok(reports.every((r) => r.batches.every((b) => b.status === 'Completed' || b.status === 'COMPLETED')))
+    const added = async (id, was) => (await received(id)).filter((p) => !was.includes(p))
+    assert.deepEqual(await added(photos, before.photos), ['/img/new%20one.png', '/img/old.png'])
+    assert.deepEqual(await added(site, before.site), ['/app.js', '/docs', '/docs/', '/docs/index.html'])
+  })
+
+  test('cf.dist skips the lookup; an unknown bucket rejects before anything is sent; no objects, no send', async () => {
+    const reports = await invalidateS3Event({ Records: [record('whatever', 'x.css')] }, { cf: { ...cf(), dist: other }, logger: false })
+    assert.equal(reports[0].distribution, other)
+    assert.deepEqual(await received(other), ['/x.css'])
+
+    const was = await received(photos)
+    const event = { Records: [record('mybucket', 'never.jpg'), record('unknown-bucket', 'y.jpg')] }
+    await assert.rejects(invalidateS3Event(event, { cf: cf(), logger: false }), { code: 'ERR_CFIT_NO_DISTRIBUTION', bucket: 'unknown-bucket' })
+    assert.deepEqual(await received(photos), was)
+
+    assert.deepEqual(await invalidateS3Event({ Records: [] }, { cf: cf() }), [])
+    await assert.rejects(invalidateS3Event(null, { cf: cf() }), { code: 'ERR_INVALID_ARG_TYPE' })
+  })
+
+  test('a failed send rejects with the CloudFront error and every report', async () => {
+    const event = { Records: [record('mybucket', 'z.jpg')] }
+    await assert.rejects(invalidateS3Event(event, { cf: { ...cf(), dist: 'NOSUCHDIST' }, logger: false }), (err) => {
+      assert.equal(err.code, 'ERR_CFIT_CLOUDFRONT')
+      assert.equal(err.reports.length, 1)
+      assert.equal(err.reports[0].distribution, 'NOSUCHDIST')
+      assert.equal(err.reports[0].kept, 1)
+      return true
+    })
+  })
+})

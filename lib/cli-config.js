@@ -1,0 +1,233 @@
+'use strict'
+
+// The command line's configuration: flags and environment variables into a command and the tracker's options.
+// Pure: no I/O, nothing is created.
+
+const { parseArgs } = require('node:util')
+
+/** The distribution id used by commands that never send (list, track, untrack, distributions, dry runs). */
+const NO_DIST = 'NONE'
+
+const HELP = `Usage: cf-invalidation-tracker <command> [options]
+
+Commands:
+  send                     Invalidate every tracked URL on CloudFront, then forget them
+      --dry-run            Print the batches a send would make; send nothing, forget nothing
+      --wait               Wait until CloudFront has completed the invalidations
+  status <id>              Print the status of invalidation <id> (InProgress, Completed)
+  list                     Print every tracked URL, one per line
+  track <url...>           Track URLs ('-' reads them from stdin, one per line)
+      --ttl <seconds>      Stop tracking them after that many seconds
+  untrack <url...>         Stop tracking URLs ('-' reads them from stdin)
+  distributions            List the account's distributions: id, domain, status, origins
+      --origin <bucket>    Only those whose origin is that S3 bucket
+
+Options:
+  --dist <id>              CloudFront distribution id            [CF_DIST]
+  --redis <url>            Redis URL of the URL store            [REDIS_URL, REDISTOGO_URL]
+  --prefix <prefix>        Redis key prefix (default: cfit)
+  --endpoint <url>         CloudFront endpoint URL               [AWS_ENDPOINT_URL_CLOUDFRONT, AWS_ENDPOINT_URL]
+  --region <region>        Signing region                        [AWS_REGION]
+  --batch-size <n>         Paths per invalidation request (1-3000, default 1000)
+  --max-paths <n>          Most paths one send may bill; beyond, paths are collapsed into wildcards
+  --query-strings <mode>   keep, strip or wildcard (default: keep)
+  --json                   Print JSON on stdout (send: the report)
+  -h, --help               Print this help
+  -v, --version            Print the version
+
+Credentials come from the standard AWS chain (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE,
+SSO, instance and container roles), or from AWS_ACCESS_KEY and AWS_SECRET_KEY, the original package's
+variables, which win when both are set.
+Exit status: 0 on success, 1 when the work failed, 2 on a usage or configuration error.
+`
+
+const OPTIONS = {
+  dist: { type: 'string' },
+  redis: { type: 'string' },
+  prefix: { type: 'string' },
+  endpoint: { type: 'string' },
+  region: { type: 'string' },
+  'batch-size': { type: 'string' },
+  'max-paths': { type: 'string' },
+  'query-strings': { type: 'string' },
+  json: { type: 'boolean' },
+  'dry-run': { type: 'boolean' },
+  wait: { type: 'boolean' },
+  ttl: { type: 'string' },
+  origin: { type: 'string' },
+  help: { type: 'boolean', short: 'h' },
+  version: { type: 'boolean', short: 'v' }
+}
+
+/** Which commands take which command-specific flags, the number of operands, and what they need. */
+const COMMANDS = {
+  send: { flags: ['dry-run', 'wait'], operands: [0, 0], store: true },
+  status: { flags: [], operands: [1, 1], dist: true, usage: 'status <id>' },
+  list: { flags: [], operands: [0, 0], store: true },
+  track: { flags: ['ttl'], operands: [1, Infinity], store: true, usage: 'track <url...>' },
+  untrack: { flags: [], operands: [1, Infinity], store: true, usage: 'untrack <url...>' },
+  distributions: { flags: ['origin'], operands: [0, 0] }
+}
+const COMMAND_FLAGS = new Set(Object.values(COMMANDS).flatMap((c) => c.flags))
+
+/** A usage or configuration error: the command line exits with status 2. */
+class UsageError extends Error {
+  constructor (message) {
+    super(message)
+    this.name = 'UsageError'
+    this.code = 'ERR_CFIT_USAGE'
+    this.exitCode = 2
+  }
+}
+
+function nonEmpty (v) {
+  return typeof v === 'string' && v.trim() !== '' ? v.trim() : undefined
+}
+
+function integer (values, name, min, max) {
+  const raw = values[name]
+  if (raw === undefined) return undefined
+  const n = Number(raw)
+  if (!/^\d+$/.test(raw.trim()) || !Number.isSafeInteger(n) || n < min || n > max) {
+    throw new UsageError(`--${name} must be an integer from ${min} to ${max}, got ${JSON.stringify(raw)}`)
+  }
+  return n
+}
+
+/**
+ * The tracker's `cf` options from flags and the environment: `dist` from --dist or CF_DIST, the endpoint from
+ * --endpoint, AWS_ENDPOINT_URL_CLOUDFRONT or AWS_ENDPOINT_URL, the region from --region (else the SDK reads
+ * AWS_REGION), and keys only from the original's AWS_ACCESS_KEY / AWS_SECRET_KEY (else the SDK's default chain).
+ */
+function cfFromEnv (env, flags = {}) {
+  const cf = {}
+  const dist = nonEmpty(flags.dist) ?? nonEmpty(env.CF_DIST)
+  if (dist) cf.dist = dist
+  const endpoint = nonEmpty(flags.endpoint) ?? nonEmpty(env.AWS_ENDPOINT_URL_CLOUDFRONT) ?? nonEmpty(env.AWS_ENDPOINT_URL)
+  if (endpoint) cf.endpoint = endpoint
+  const region = nonEmpty(flags.region)
+  if (region) cf.region = region
+  const accessKey = nonEmpty(env.AWS_ACCESS_KEY)
+  const secretKey = nonEmpty(env.AWS_SECRET_KEY)
+  if (accessKey && secretKey) {
+    cf.access_key = accessKey
+    cf.secret_key = secretKey
+  } else if (accessKey || secretKey) {
+    throw new UsageError(`${accessKey ? 'AWS_ACCESS_KEY' : 'AWS_SECRET_KEY'} is set without ${accessKey ? 'AWS_SECRET_KEY' : 'AWS_ACCESS_KEY'}`)
+  }
+  return cf
+}
+
+/** The Redis URL from --redis, REDIS_URL or REDISTOGO_URL (the original's Heroku add-on variable). */
+function redisFromEnv (env, flags = {}) {
+  return nonEmpty(flags.redis) ?? nonEmpty(env.REDIS_URL) ?? nonEmpty(env.REDISTOGO_URL)
+}
+
+/**
+ * Strings that must never be printed: AWS keys and session tokens (real ones are long; shorter values are not
+ * masked, so that a dummy key such as 'test' cannot blank out paths), and the password of the Redis URL.
+ */
+function secretsOf (env, redisUrl) {
+  const aws = [env.AWS_SECRET_KEY, env.AWS_ACCESS_KEY, env.AWS_SECRET_ACCESS_KEY, env.AWS_ACCESS_KEY_ID, env.AWS_SESSION_TOKEN]
+  const secrets = aws.filter((s) => typeof s === 'string' && s.length >= 8)
+  if (redisUrl) {
+    try {
+      const { password } = new URL(redisUrl)
+      if (password) secrets.push(password, decodeURIComponent(password))
+    } catch {
+      // Not a URL: the tracker refuses it, with a message that redact() still cleans.
+    }
+  }
+  return [...new Set(secrets)].filter((s) => s.length > 0).sort((a, b) => b.length - a.length)
+}
+
+/** A function that masks every secret (and any `user:password@` of a URL) in a line of output. */
+function redactor (secrets) {
+  return (text) => {
+    let out = String(text).replace(/(\b[a-z][a-z0-9+.-]*:\/\/)[^\s/@]*@/gi, '$1***@')
+    for (const s of secrets) out = out.split(s).join('***')
+    return out
+  }
+}
+
+/**
+ * Parses the command line. Returns `{ help }`, `{ version }`, or `{ command, operands, json, dryRun, wait, ttl,
+ * origin, options, redact }` where `options` are the tracker's options (without its logger). Throws UsageError.
+ * @param {string[]} argv the arguments after the script name
+ * @param {Record<string, string | undefined>} env
+ */
+function parseCli (argv, env) {
+  let parsed
+  try {
+    parsed = parseArgs({ args: argv, options: OPTIONS, allowPositionals: true, strict: true })
+  } catch (err) {
+    throw new UsageError(`${err.message.split('\n')[0].replace(/\. To specify a positional argument.*$/, '')} (see --help)`)
+  }
+  const { values, positionals } = parsed
+  if (values.help) return { help: HELP }
+  if (values.version) return { version: true }
+  const [command, ...operands] = positionals
+  if (!command) throw new UsageError('missing command: send, status, list, track, untrack or distributions (see --help)')
+  const spec = COMMANDS[command]
+  if (!spec) throw new UsageError(`unknown command ${JSON.stringify(command)} (see --help)`)
+  for (const flag of COMMAND_FLAGS) {
+    if (values[flag] !== undefined && !spec.flags.includes(flag)) {
+      throw new UsageError(`--${flag} is not an option of ${command}`)
+    }
+  }
+  const [min, max] = spec.operands
+  if (operands.length < min || operands.length > max) {
+    throw new UsageError(max === 0 ? `${command} takes no arguments` : `usage: cf-invalidation-tracker ${spec.usage}`)
+  }
+
+  const cf = cfFromEnv(env, values)
+  const dryRun = values['dry-run'] === true
+  if (!cf.dist) {
+    if (spec.dist || (command === 'send' && !dryRun)) {
+      throw new UsageError('no distribution: set CF_DIST or pass --dist')
+    }
+    cf.dist = NO_DIST
+  }
+  const redisUrl = redisFromEnv(env, values)
+  const options = { cf }
+  if (spec.store) {
+    if (!redisUrl) throw new UsageError('no store: set REDIS_URL (or REDISTOGO_URL) or pass --redis')
+    options.redis = { url: redisUrl }
+    if (values.prefix !== undefined) options.redis.prefix = values.prefix
+  } else {
+    options.store = 'memory://'
+  }
+  const batchSize = integer(values, 'batch-size', 1, 3000)
+  if (batchSize !== undefined) options.batchSize = batchSize
+  const maxPaths = integer(values, 'max-paths', 1, 0xffffffff)
+  if (maxPaths !== undefined) options.maxPaths = maxPaths
+  if (values['query-strings'] !== undefined) {
+    if (!['keep', 'strip', 'wildcard'].includes(values['query-strings'])) {
+      throw new UsageError(`--query-strings must be keep, strip or wildcard, got ${JSON.stringify(values['query-strings'])}`)
+    }
+    options.queryStrings = values['query-strings']
+  }
+  let ttl
+  if (values.ttl !== undefined) {
+    ttl = Number(values.ttl)
+    if (values.ttl.trim() === '' || !Number.isFinite(ttl) || ttl < 0) {
+      throw new UsageError(`--ttl must be a number of seconds, got ${JSON.stringify(values.ttl)}`)
+    }
+  }
+  if (values.origin !== undefined && !nonEmpty(values.origin)) throw new UsageError('--origin needs a bucket name')
+
+  return {
+    command,
+    operands,
+    json: values.json === true,
+    dryRun,
+    wait: values.wait === true,
+    ttl,
+    origin: nonEmpty(values.origin),
+    dist: cf.dist === NO_DIST ? undefined : cf.dist,
+    options,
+    redact: redactor(secretsOf(env, redisUrl))
+  }
+}
+
+module.exports = { parseCli, cfFromEnv, redisFromEnv, redactor, UsageError, HELP, NO_DIST }

@@ -1,0 +1,137 @@
+'use strict'
+
+// Express/connect middleware: tracks the URL of every cacheable response once it has been sent.
+
+const { argType, argValue } = require('./errors')
+
+const DEFAULT_METHODS = ['GET', 'HEAD']
+/** The longest URL worth tracking: CloudFront's limit for an invalidation path. */
+const MAX_URL_LENGTH = 4000
+const SEEN = Symbol('cf-invalidation-tracker.seen')
+const UNCACHEABLE = /(?:^|,)\s*(?:no-store|private)\s*(?:[=,]|$)/i
+
+/** True when the request came through CloudFront (`X-Amz-Cf-Id`, a CloudFront `Via`, or its User-Agent). */
+function fromCloudFront (req) {
+  const h = req.headers || {}
+  if (h['x-amz-cf-id']) return true
+  const via = Array.isArray(h.via) ? h.via.join(',') : h.via
+  if (typeof via === 'string' && /cloudfront/i.test(via)) return true
+  return h['user-agent'] === 'Amazon CloudFront'
+}
+
+/** True when the response's Cache-Control forbids shared caches to store it (`no-store` or `private`). */
+function forbidsSharedCache (res) {
+  let value = typeof res.getHeader === 'function' ? res.getHeader('cache-control') : undefined
+  if (value === undefined || value === null) return false
+  if (Array.isArray(value)) value = value.join(',')
+  return UNCACHEABLE.test(String(value))
+}
+
+/** Marks a returned promise handled: a Tracker has logged its failure already; another object's is dropped. */
+function handled (result) {
+  if (result && typeof result.catch === 'function') result.catch(() => {})
+}
+
+function optFunction (options, key) {
+  const v = options[key]
+  if (v === undefined || v === null) return undefined
+  if (typeof v !== 'function') throw argType(`options.${key}`, 'a function', v)
+  return v
+}
+
+function optBoolean (options, key, fallback) {
+  const v = options[key]
+  if (v === undefined || v === null) return fallback
+  if (typeof v !== 'boolean') throw argType(`options.${key}`, 'of type boolean', v)
+  return v
+}
+
+function parseMethods (methods) {
+  if (methods === undefined || methods === null) return new Set(DEFAULT_METHODS)
+  if (!Array.isArray(methods) || !methods.every((m) => typeof m === 'string' && m.length > 0)) {
+    throw argType('options.methods', 'an array of method names', methods)
+  }
+  return new Set(methods.map((m) => m.toUpperCase()))
+}
+
+function parseStatuses (statuses) {
+  if (statuses === undefined || statuses === null) return (status) => status >= 200 && status < 400
+  if (typeof statuses === 'function') return statuses
+  if (!Array.isArray(statuses) || !statuses.every((s) => Number.isInteger(s))) {
+    throw argType('options.statuses', 'a function or an array of status codes', statuses)
+  }
+  const set = new Set(statuses)
+  return (status) => set.has(status)
+}
+
+function parseTtl (ttl) {
+  if (ttl === undefined || ttl === null || typeof ttl === 'function') return ttl ?? undefined
+  if (typeof ttl !== 'number') throw argType('options.ttl', 'a number of seconds or a function', ttl)
+  if (!Number.isFinite(ttl) || ttl < 0) throw argValue('options.ttl', 'must be a finite number >= 0', ttl)
+  return ttl
+}
+
+/**
+ * Builds the middleware `(req, res, next)` for `tracker`. It calls `next()` at once and does its work on the
+ * response's 'finish' event: a request with one of `methods` (GET, HEAD) whose status passes `statuses` (2xx, 3xx)
+ * and whose Cache-Control has neither `no-store` nor `private` is tracked as `req.originalUrl` (else `req.url`);
+ * a 404 that `statuses` does not pass stops tracking the URL (`removeOn404`). `onlyCloudFront` limits both to
+ * requests CloudFront forwarded; `filter(req, res)` returning false leaves a request alone; `ttl` (seconds, or
+ * `(req, res) => seconds`) is passed to `storeUrl`. `filter` and `ttl` run once the response has finished.
+ * Nothing it does is awaited in the request path, and nothing it does can throw into the server: failures (a store
+ * that is down, a throwing `filter`) go to the tracker's logger.
+ */
+function middleware (tracker, options = {}) {
+  if (!tracker || typeof tracker.storeUrl !== 'function' || typeof tracker.removeUrl !== 'function') {
+    throw argType('tracker', 'a tracker', tracker)
+  }
+  if (options === null || typeof options !== 'object') throw argType('options', 'of type object', options)
+  const methods = parseMethods(options.methods)
+  const passes = parseStatuses(options.statuses)
+  const ttl = parseTtl(options.ttl)
+  const filter = optFunction(options, 'filter')
+  const removeOn404 = optBoolean(options, 'removeOn404', true)
+  const onlyCloudFront = optBoolean(options, 'onlyCloudFront', false)
+
+  function report (err) {
+    const logger = tracker._logger
+    if (logger) logger.error(`cf-invalidation-tracker: middleware failed: ${err && err.message}`)
+  }
+
+  function done (req, res, url) {
+    try {
+      const status = res.statusCode
+      const tracks = passes(status)
+      if (!tracks && !(status === 404 && removeOn404)) return
+      if (filter && !filter(req, res)) return
+      if (!tracks) {
+        handled(tracker.removeUrl(url))
+        return
+      }
+      if (forbidsSharedCache(res)) return
+      const seconds = typeof ttl === 'function' ? ttl(req, res) : ttl
+      if (seconds === undefined || seconds === null || seconds === 0) handled(tracker.storeUrl(url))
+      else handled(tracker.storeUrl(url, seconds))
+    } catch (err) {
+      report(err)
+    }
+  }
+
+  return function cfInvalidationTracker (req, res, next) {
+    try {
+      if (!req[SEEN] && methods.has(req.method) && (!onlyCloudFront || fromCloudFront(req))) {
+        req[SEEN] = true
+        const url = req.originalUrl || req.url
+        // Longer URLs cannot become invalidation paths: left alone without a log line per request.
+        if (typeof url === 'string' && url.length > 0 && url.length <= MAX_URL_LENGTH) {
+          res.once('finish', () => done(req, res, url))
+        }
+      }
+    } catch (err) {
+      report(err)
+    }
+    if (typeof next === 'function') next()
+  }
+}
+
+module.exports = { middleware, fromCloudFront, forbidsSharedCache }
