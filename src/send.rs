@@ -109,7 +109,8 @@ pub fn plan(urls: &[String], overflow: &[String], cfg: &SendConfig) -> (Vec<Plan
     let mut sorted: Vec<&String> = urls.iter().collect();
     sorted.sort_unstable();
     sorted.dedup();
-    let variants = cfg.rules.index_document.is_some() || cfg.rules.query_strings == QueryStrings::Wildcard;
+    let variants =
+        cfg.rules.index_document.is_some() || cfg.rules.query_strings == QueryStrings::Wildcard;
     // Each sent path once, with the tracked URLs behind it. Without variants a URL is its own single path.
     let mut units: Vec<(Vec<String>, String)> = Vec::with_capacity(sorted.len() + overflow.len());
     let mut seen: HashMap<String, usize> = HashMap::new();
@@ -120,7 +121,11 @@ pub fn plan(urls: &[String], overflow: &[String], cfg: &SendConfig) -> (Vec<Plan
             vec![url.clone()]
         };
         if variants {
-            let fresh: Vec<String> = paths.iter().filter(|p| !seen.contains_key(*p)).cloned().collect();
+            let fresh: Vec<String> = paths
+                .iter()
+                .filter(|p| !seen.contains_key(*p))
+                .cloned()
+                .collect();
             if fresh.is_empty() {
                 // Every form is already sent for another URL: ride along with the first one.
                 if let Some(&i) = paths.first().and_then(|p| seen.get(p)) {
@@ -163,9 +168,12 @@ fn pack(units: Vec<(Vec<String>, String)>, batch_size: usize) -> Vec<PlannedBatc
         }
         wild += unit_wild;
         current.paths.extend(paths);
-        current
-            .covers
-            .extend(behind.split('\n').filter(|u| !u.is_empty()).map(str::to_owned));
+        current.covers.extend(
+            behind
+                .split('\n')
+                .filter(|u| !u.is_empty())
+                .map(str::to_owned),
+        );
     }
     if !current.paths.is_empty() {
         batches.push(current);
@@ -178,15 +186,24 @@ fn collapse_plan(units: Vec<(Vec<String>, String)>, cfg: &SendConfig) -> Vec<Pla
     let all: Vec<String> = units.iter().flat_map(|u| u.0.iter().cloned()).collect();
     let budget = cfg.max_paths.unwrap_or(usize::MAX).max(1);
     let cover = paths::collapse(&all, budget, MAX_IN_PROGRESS_WILDCARDS);
-    let exact: HashMap<&str, usize> = cover.iter().enumerate().map(|(i, p)| (p.as_str(), i)).collect();
-    let wild: Vec<(usize, &String)> = cover.iter().enumerate().filter(|(_, p)| paths::is_wildcard(p)).collect();
+    let exact: HashMap<&str, usize> = cover
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.as_str(), i))
+        .collect();
+    let wild: Vec<(usize, &String)> = cover
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| paths::is_wildcard(p))
+        .collect();
     let mut behind: Vec<String> = vec![String::new(); cover.len()];
     for (paths, urls) in &units {
         let Some(first) = paths.first() else { continue };
-        let slot = exact
-            .get(first.as_str())
-            .copied()
-            .or_else(|| wild.iter().find(|(_, w)| paths::covers(w, first)).map(|(i, _)| *i));
+        let slot = exact.get(first.as_str()).copied().or_else(|| {
+            wild.iter()
+                .find(|(_, w)| paths::covers(w, first))
+                .map(|(i, _)| *i)
+        });
         if let Some(i) = slot {
             behind[i].push('\n');
             behind[i].push_str(urls);

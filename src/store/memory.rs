@@ -217,3 +217,86 @@ impl Store for MemoryStore {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(path: &str) -> Entry {
+        Entry {
+            path: path.into(),
+            expires_at: None,
+        }
+    }
+
+    fn batch(paths: &[&str]) -> PlannedBatch {
+        let paths: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
+        PlannedBatch {
+            covers: paths.clone(),
+            paths,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_claim_takes_everything_and_later_puts_stay_tracked() {
+        let store = MemoryStore::new();
+        store.put(&[entry("/a"), entry("/b")], 10).await.unwrap();
+        let claims = store.claim(60_000).await.unwrap();
+        assert_eq!(claims.len(), 1);
+        store.put(&[entry("/during")], 10).await.unwrap();
+        // A second sender while the first holds its lease claims only what came since.
+        let second = store.claim(60_000).await.unwrap();
+        assert_eq!(second.len(), 1);
+        assert_eq!(second[0].urls, vec!["/during"]);
+        assert!(!second[0].resumed);
+    }
+
+    #[tokio::test]
+    async fn a_released_claim_is_resumed_with_its_plan_and_done_batches() {
+        let store = MemoryStore::new();
+        store.put(&[entry("/a"), entry("/b")], 10).await.unwrap();
+        let claim = store.claim(60_000).await.unwrap().remove(0);
+        let plan = vec![batch(&["/a"]), batch(&["/b"])];
+        store.save_plan(&claim.id, plan.clone()).await.unwrap();
+        store.batch_done(&claim.id, 0, &plan[0]).await.unwrap();
+        store.release(&claim.id).await.unwrap();
+        assert_eq!(store.list().await.unwrap(), vec!["/b"]);
+
+        let resumed = store.claim(60_000).await.unwrap().remove(0);
+        assert!(resumed.resumed);
+        assert_eq!(resumed.id, claim.id);
+        assert_eq!(resumed.plan, Some(plan.clone()));
+        assert!(resumed.done.contains(&0));
+        // Whoever saves a plan second gets the first one back.
+        let other = vec![batch(&["/b", "/a"])];
+        assert_eq!(store.save_plan(&claim.id, other).await.unwrap(), plan);
+        store.finish(&claim.id).await.unwrap();
+        assert!(store.list().await.unwrap().is_empty());
+        assert_eq!(store.billed_this_month().await.unwrap(), 1);
+    }
+
+    #[tokio::test]
+    async fn the_flood_guard_records_wildcards_instead_of_growing() {
+        let store = MemoryStore::new();
+        let many: Vec<Entry> = (0..100).map(|i| entry(&format!("/img/{i}"))).collect();
+        let outcome = store.put(&many, 10).await.unwrap();
+        assert_eq!(outcome.overflowed, 90);
+        assert_eq!(store.list().await.unwrap().len(), 10);
+        let claim = store.claim(1000).await.unwrap().remove(0);
+        assert_eq!(claim.overflow, vec!["/img/*"]);
+        // An already tracked URL is updated, not overflowed.
+        store.put(&[entry("/img/0")], 0).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn expired_urls_are_not_listed_or_claimed() {
+        let store = MemoryStore::new();
+        let past = Entry {
+            path: "/old".into(),
+            expires_at: Some(now_ms() - 1),
+        };
+        store.put(&[past, entry("/new")], 10).await.unwrap();
+        assert_eq!(store.list().await.unwrap(), vec!["/new"]);
+        assert_eq!(store.claim(1000).await.unwrap()[0].urls, vec!["/new"]);
+    }
+}

@@ -277,8 +277,9 @@ fn encode_batch(batch: &PlannedBatch) -> Result<String> {
 fn decode_plan(raw: &[String]) -> Result<Vec<PlannedBatch>> {
     raw.iter()
         .map(|s| {
-            let wire: WireIn = serde_json::from_str(s)
-                .map_err(|e| Error::Internal(format!("a saved plan in Redis is unreadable: {e}")))?;
+            let wire: WireIn = serde_json::from_str(s).map_err(|e| {
+                Error::Internal(format!("a saved plan in Redis is unreadable: {e}"))
+            })?;
             let covers = wire.c.unwrap_or_else(|| wire.p.clone());
             Ok(PlannedBatch {
                 paths: wire.p,
@@ -536,7 +537,10 @@ mod tests {
             paths: vec!["/d".into(), "/d/".into()],
             covers: vec!["/d/".into()],
         };
-        let raw = vec![encode_batch(&same).unwrap(), encode_batch(&variants).unwrap()];
+        let raw = vec![
+            encode_batch(&same).unwrap(),
+            encode_batch(&variants).unwrap(),
+        ];
         assert_eq!(raw[0], r#"{"p":["/a","/b"]}"#);
         assert_eq!(decode_plan(&raw).unwrap(), vec![same, variants]);
     }
