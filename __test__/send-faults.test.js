@@ -114,6 +114,15 @@ describe("CloudFront's limits", () => {
     assert.equal(cf.requests.filter((r) => r.errorCode === 'TooManyInvalidationsInProgress').length, 0)
   })
 
+  it('without permission to list invalidations, sends anyway and relies on CloudFront refusing', async () => {
+    const lines = []
+    const { tracker, urls } = await tracked(10, { logger: { info () {}, warn: (m) => lines.push(m), error () {} } })
+    cf.fail('accessDenied', { op: 'ListInvalidations', times: 5 })
+    await tracker.sendInvalidation()
+    assertDeliveredOnce(urls)
+    assert.ok(lines.some((l) => /ListInvalidations/.test(l)))
+  })
+
   it('keeps wildcards within 15 in progress', async () => {
     const tracker = createTracker(options())
     const wildcards = Array.from({ length: 20 }, (_, i) => `/dir${i}/`)

@@ -17,6 +17,9 @@ use tokio::time::Instant;
 pub const FREE_PATHS_PER_MONTH: u64 = 1000;
 /// Price of one path past the free ones, in US dollars.
 pub const PRICE_PER_PATH_USD: f64 = 0.005;
+/// Consecutive throttling/5xx/network failures of one batch (each already retried by the SDK) before it is kept for
+/// a later send.
+const MAX_TRANSIENT_FAILURES: u32 = 8;
 
 /// How sends behave; fixed per tracker.
 #[derive(Clone, Debug)]
@@ -254,6 +257,10 @@ struct Sender<'a> {
     deadline: Instant,
     /// What this send believes is in progress on the distribution; re-read from CloudFront when it looks full.
     in_progress: Option<InProgress>,
+    /// False once CloudFront refused to list invalidations: the send then relies on TooManyInvalidationsInProgress.
+    pacing: bool,
+    /// When the lease was last renewed.
+    renewed: Instant,
 }
 
 enum BatchOutcome {
@@ -262,16 +269,18 @@ enum BatchOutcome {
 }
 
 impl Sender<'_> {
-    async fn pause(&self, claim_id: &str, d: Duration) {
+    async fn pause(&mut self, claim_id: &str, d: Duration) {
         let d = d.min(self.deadline.saturating_duration_since(Instant::now()));
         tokio::time::sleep(d).await;
-        if let Err(e) = self
+        match self
             .store
             .renew(claim_id, self.cfg.lease.as_millis() as u64)
             .await
         {
-            self.log
-                .warn(&format!("could not renew the send's lease: {e}"));
+            Ok(()) => self.renewed = Instant::now(),
+            Err(e) => self
+                .log
+                .warn(&format!("could not renew the send's lease: {e}")),
         }
     }
 
@@ -293,7 +302,7 @@ impl Sender<'_> {
                 ip.paths + files <= MAX_IN_PROGRESS_PATHS
                     && ip.wildcards + wild <= MAX_IN_PROGRESS_WILDCARDS
             };
-            if self.in_progress.as_ref().is_some_and(fits) {
+            if !self.pacing || self.in_progress.as_ref().is_some_and(fits) {
                 return Ok(true);
             }
             match self.cf.in_progress().await {
@@ -306,6 +315,14 @@ impl Sender<'_> {
                         "Waiting for CloudFront: {} paths and {} wildcards in progress",
                         ip.paths, ip.wildcards
                     ));
+                }
+                Err(CfFailure::Fatal { code, .. }) if code == "AccessDenied" => {
+                    self.log.warn(
+                        "CloudFront refused to list invalidations (AccessDenied): sending without pacing; \
+                         grant cloudfront:ListInvalidations and cloudfront:GetInvalidation to pace sends",
+                    );
+                    self.pacing = false;
+                    return Ok(true);
                 }
                 Err(CfFailure::Fatal { code, message }) => {
                     return Err(Error::CloudFront { code, message })
@@ -331,6 +348,7 @@ impl Sender<'_> {
         let mut pending: Vec<(String, Vec<String>)> = vec![(index.to_string(), paths.to_vec())];
         let mut accepted = Vec::new();
         let mut backoff = Duration::from_millis(200);
+        let mut transient = 0;
         while let Some((label, chunk)) = pending.pop() {
             let reference = caller_reference(self.cf.dist(), claim_id, &label, &chunk);
             loop {
@@ -348,6 +366,7 @@ impl Sender<'_> {
                         }
                         accepted.push((created.id, reference.clone()));
                         backoff = Duration::from_millis(200);
+                        transient = 0;
                         break;
                     }
                     Err(CfFailure::BatchTooLarge(_)) if chunk.len() > 1 => {
@@ -364,7 +383,11 @@ impl Sender<'_> {
                         self.log
                             .info(&format!("CloudFront is busy ({msg}); waiting"));
                     }
+                    Err(CfFailure::Transient(msg)) if transient >= MAX_TRANSIENT_FAILURES => {
+                        return BatchOutcome::Kept(CfFailure::Transient(msg).into())
+                    }
                     Err(CfFailure::Transient(msg)) => {
+                        transient += 1;
                         self.log
                             .warn(&format!("CloudFront did not answer ({msg}); retrying"));
                     }
@@ -430,6 +453,12 @@ impl Sender<'_> {
                 {
                     BatchOutcome::Accepted(created) => {
                         self.store.batch_done(&claim.id, index, batch).await?;
+                        if self.renewed.elapsed() > self.cfg.lease / 3 {
+                            self.store
+                                .renew(&claim.id, self.cfg.lease.as_millis() as u64)
+                                .await?;
+                            self.renewed = Instant::now();
+                        }
                         self.log.info("Success! 201");
                         let (ids, refs): (Vec<_>, Vec<_>) = created.into_iter().unzip();
                         entry.id = Some(ids.join(","));
@@ -560,6 +589,8 @@ pub async fn send(
         log,
         deadline: Instant::now() + cfg.send_timeout,
         in_progress: None,
+        pacing: true,
+        renewed: Instant::now(),
     };
     let mut seen = HashSet::new();
     for claim in claims {
