@@ -25,8 +25,12 @@ class Tracker {
   constructor (options) {
     const { native, logger, dispatch } = parseOptions(options)
     this._logger = logger
-    const log = logger ? ({ level, message }) => logger[level](message) : undefined
-    this._native = new NativeTracker(native, log, dispatch)
+    const log = logger ? ({ level, message }) => this._log(level, message) : undefined
+    try {
+      this._native = new NativeTracker(native, log, dispatch)
+    } catch (err) {
+      throw fromNative(err)
+    }
     this._window = -1
     this._written = null
     for (const m of ['storeUrl', 'setUrlTTL', 'removeUrl', 'listUrls', 'flush', 'disconnect', 'sendInvalidation']) {
@@ -34,9 +38,20 @@ class Tracker {
     }
   }
 
+  /** Writes a log line; a logger that throws is not allowed to take the process down. */
+  _log (level, message) {
+    if (!this._logger) return
+    try {
+      this._logger[level](message)
+    } catch {}
+  }
+
   /** Logs a failure and returns the promise, marked handled so that nobody has to await it. */
-  _settle (what, promise) {
-    promise.catch((err) => { if (this._logger) this._logger.error(`cf-invalidation-tracker: ${what} failed: ${err.message}`) })
+  _settle (what, promise, quiet) {
+    promise.catch((err) => {
+      if (quiet && quiet(err)) return
+      this._log('error', `cf-invalidation-tracker: ${what} failed: ${err.message}`)
+    })
     return promise
   }
 
@@ -55,6 +70,15 @@ class Tracker {
    * wildcard prefix the caller asks for. Resolves once the URL is in the store (writes are batched).
    */
   storeUrl (url, ttlInSec) {
+    return this._track(url, ttlInSec)
+  }
+
+  /**
+   * storeUrl's work. `quietArgs` leaves argument errors unlogged (the middleware passes URLs from the internet, whose
+   * junk must not flood the log); the returned promise still rejects.
+   */
+  _track (url, ttlInSec, quietArgs = false) {
+    const quiet = quietArgs ? (err) => err.code === 'ERR_INVALID_ARG_VALUE' || err.code === 'ERR_INVALID_ARG_TYPE' : undefined
     let window
     try {
       checkUrl(url)
@@ -72,7 +96,7 @@ class Tracker {
       }
       window = this._native.track(url, ttl, wildcard)
     } catch (err) {
-      return this._settle('storeUrl', Promise.reject(fromNative(err)))
+      return this._settle('storeUrl', Promise.reject(fromNative(err)), quiet)
     }
     if (window !== this._window) {
       this._window = window
@@ -140,9 +164,7 @@ class Tracker {
         await this._native.disconnect().catch(() => {})
       }
       const { error, ...report } = raw
-      if (!dryRun && report.paths === 0 && report.batches.length === 0 && this._logger) {
-        this._logger.info('Nothing to invalidate')
-      }
+      if (!dryRun && report.paths === 0 && report.batches.length === 0) this._log('info', 'Nothing to invalidate')
       if (error) {
         const err = fromCoded(error)
         err.report = report

@@ -8,6 +8,7 @@ const createTracker = require('..')
 const { Store } = createTracker
 const { startEnv, sleep, noUnhandledRejections } = require('./helpers/env')
 const { SyncStore, PromiseStore, CallbackStore } = require('./helpers/stores')
+const { startFakeCloudFront } = require('./helpers/fake-cloudfront')
 
 let env
 before(async () => { env = await startEnv() })
@@ -98,6 +99,82 @@ describe('a store written for the original package', () => {
     await invl.sendInvalidation()
     assert.equal(cleared, 1)
     assert.deepEqual(await env.received(dist), ['/x'])
+  })
+})
+
+describe('custom stores and the send protocol', () => {
+  it('without del, a partial failure bills nothing twice', async () => {
+    const cf = await startFakeCloudFront({ distributions: ['EJS'] })
+    try {
+      const keys = new Set()
+      const store = { set (k) { keys.add(k) }, getAllKeys () { return [...keys] }, clearAll () { keys.clear() } }
+      const invl = createTracker({ cf: { dist: 'EJS', endpoint: cf.endpoint }, store, batchSize: 2, logger: false })
+      for (const u of ['/a', '/b', '/c', '/d']) await invl.storeUrl(u)
+      cf.fail('accessDenied', { after: 1 }) // the first batch is accepted, the second refused
+      await assert.rejects(invl.sendInvalidation(), { code: 'ERR_CFIT_CLOUDFRONT' })
+      assert.equal(keys.size, 4, 'nothing is cleared before every batch went through')
+      const report = await invl.sendInvalidation()
+      assert.equal(report.resumed, 1)
+      assert.deepEqual([...cf.pathsReceived('EJS')].sort(), ['/a', '/b', '/c', '/d'])
+      assert.equal(keys.size, 0)
+    } finally {
+      await cf.stop()
+    }
+  })
+
+  it('legacy keys holding raw URLs are sent normalised and deleted under their own name', async () => {
+    const store = new SyncStore()
+    store.data.set('/a b') // written by the original package: a raw URL
+    store.data.set('/c%20d')
+    const dist = await env.newDistribution()
+    const invl = env.tracker({ cf: { dist }, store })
+    await invl.sendInvalidation()
+    assert.deepEqual(await env.received(dist), ['/a%20b', '/c%20d'])
+    assert.deepEqual(store.data.live(), [])
+    await invl.sendInvalidation()
+    assert.equal((await env.invalidations(dist)).length, 1, 'nothing left to send again')
+  })
+
+  it('an explicit wildcard kept in a custom store is sent as a wildcard', async () => {
+    const store = new PromiseStore()
+    const dist = await env.newDistribution()
+    const invl = env.tracker({ cf: { dist }, store })
+    await invl.storeUrl('/img/', { wildcard: true })
+    await invl.storeUrl('/x*y')
+    const other = env.tracker({ cf: { dist }, store }) // another process reading the same store
+    await other.sendInvalidation()
+    assert.deepEqual(await env.received(dist), ['/img/*', '/x%2Ay'])
+  })
+
+  it('with del, a URL served again during the send stays tracked', async () => {
+    const cf = await startFakeCloudFront({ distributions: ['EJS'] })
+    try {
+      const store = new PromiseStore()
+      const invl = createTracker({ cf: { dist: 'EJS', endpoint: cf.endpoint }, store, logger: false })
+      await invl.storeUrl('/a')
+      await invl.storeUrl('/b')
+      cf.fail('slow', { delayMs: 400 })
+      const sending = invl.sendInvalidation()
+      await sleep(150) // claimed, on its way to CloudFront
+      await invl.storeUrl('/a') // served again: CloudFront may cache it before the invalidation lands
+      await sending
+      assert.deepEqual([...cf.pathsReceived('EJS')].sort(), ['/a', '/b'])
+      assert.deepEqual(await invl.listUrls(), ['/a'])
+      assert.deepEqual(store.data.live(), ['/a'])
+    } finally {
+      await cf.stop()
+    }
+  })
+
+  it('removeUrl wins over a write already under way', async () => {
+    const store = new SyncStore()
+    const set = store.set.bind(store)
+    store.set = async (key, value) => { await sleep(150); return set(key, value) }
+    const invl = env.tracker({ store, flushIntervalMs: 10 })
+    invl.storeUrl('/gone')
+    await sleep(60) // the write has been taken from the buffer and is on its way
+    await invl.removeUrl('/gone')
+    assert.deepEqual(await invl.listUrls(), [])
   })
 })
 

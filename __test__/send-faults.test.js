@@ -30,7 +30,21 @@ after(async () => {
   await Promise.allSettled([cf.stop(), redis.stop()])
   restoreEnv()
 })
-beforeEach(() => cf.reset())
+let customCloudFront = false
+beforeEach(async () => {
+  if (customCloudFront) {
+    await useCloudFront()
+    customCloudFront = false
+  }
+  cf.reset()
+})
+
+/** Replaces the CloudFront server, e.g. with in-progress limits of its own; the next test gets a default one again. */
+async function useCloudFront (options = {}) {
+  await cf.stop()
+  cf = await startFakeCloudFront({ distributions: [DIST], ...options })
+  customCloudFront = Object.keys(options).length > 0
+}
 
 function options (extra = {}) {
   return {
@@ -105,8 +119,7 @@ describe("CloudFront's limits", () => {
   })
 
   it('paces batches against the 3,000 paths in progress, without being refused', async () => {
-    await cf.stop()
-    cf = await startFakeCloudFront({ distributions: [DIST], inProgressMs: 400 })
+    await useCloudFront({ inProgressMs: 400 })
     const { tracker, urls } = await tracked(7000, { batchSize: 3000, sendTimeoutMs: 30000 })
     const report = await tracker.sendInvalidation()
     assert.equal(report.batches.length, 3)
@@ -165,10 +178,8 @@ describe('failures part-way', () => {
   it('access denied on the second batch: the first is not sent again, the rest stays tracked', async () => {
     const { tracker, urls } = await tracked(25, { batchSize: 10 })
     // The first batch goes through; then CloudFront refuses.
-    const first = tracker.sendInvalidation()
-    while (creates().length < 1) await sleep(5)
-    cf.fail('accessDenied', { times: 1 })
-    await assert.rejects(first, (err) => {
+    cf.fail('accessDenied', { after: 1 })
+    await assert.rejects(tracker.sendInvalidation(), (err) => {
       assert.equal(err.code, 'ERR_CFIT_CLOUDFRONT')
       assert.match(err.message, /AccessDenied/)
       assert.equal(err.report.batches[0].status, 'InProgress')
@@ -214,8 +225,7 @@ describe('failures part-way', () => {
   })
 
   it('a sender killed with SIGKILL between batches: the next send resumes, nothing sent twice', async () => {
-    await cf.stop()
-    cf = await startFakeCloudFront({ distributions: [DIST], inProgressMs: 60000, maxInProgressPaths: 10 })
+    await useCloudFront({ inProgressMs: 60000, maxInProgressPaths: 10 })
     const { tracker, urls, opts } = await tracked(30, { batchSize: 10 })
     const child = spawn(process.execPath, [path.join(__dirname, 'helpers', 'sender.js'), JSON.stringify(opts)], { stdio: 'ignore' })
     // Batch one is accepted; batch two waits for room (10 paths in progress): kill the sender there.
@@ -235,9 +245,36 @@ describe('failures part-way', () => {
     assertDeliveredOnce(urls)
   })
 
+  it('a URL served again while earlier sends kept failing is sent once when they succeed', async () => {
+    const { tracker, opts } = await tracked(0)
+    const server = createTracker(opts)
+    for (let round = 0; round < 3; round++) {
+      await server.storeUrl('/index.html')
+      cf.fail('accessDenied')
+      await assert.rejects(tracker.sendInvalidation(), { code: 'ERR_CFIT_CLOUDFRONT' })
+      await sleep(1100) // the failed send's lease runs out
+    }
+    await server.storeUrl('/index.html')
+    const report = await tracker.sendInvalidation()
+    assert.deepEqual(cf.pathsReceived(DIST), ['/index.html'])
+    assert.equal(report.paths, 1)
+    assert.deepEqual(await tracker.listUrls(), [])
+  })
+
+  it('a path CloudFront refuses is found, dropped and reported; the rest of its batch goes through', async () => {
+    const { tracker, urls } = await tracked(40, { batchSize: 20 })
+    cf.refusePaths((p) => p === '/item/00013')
+    const report = await tracker.sendInvalidation()
+    assert.deepEqual(report.rejected, ['/item/00013'])
+    assert.deepEqual([...cf.pathsReceived(DIST)].sort(), urls.filter((u) => u !== '/item/00013'))
+    assert.equal(report.paths, 39)
+    assert.deepEqual(await tracker.listUrls(), [], 'the refused path does not block later sends')
+    const refs = cf.invalidations(DIST).map((i) => i.callerReference)
+    assert.equal(new Set(refs).size, refs.length)
+  })
+
   it('two senders racing on one Redis send each URL once between them', async () => {
-    await cf.stop()
-    cf = await startFakeCloudFront({ distributions: [DIST] })
+    await useCloudFront()
     const { urls, opts } = await tracked(3000, { batchSize: 500 })
     const run = () => new Promise((resolve, reject) => {
       const child = spawn(process.execPath, [path.join(__dirname, 'helpers', 'sender.js'), JSON.stringify(opts)])
@@ -256,8 +293,7 @@ describe('failures part-way', () => {
 
 describe('reports', () => {
   it('wait: true polls until every batch is completed', async () => {
-    await cf.stop()
-    cf = await startFakeCloudFront({ distributions: [DIST], inProgressMs: 300 })
+    await useCloudFront({ inProgressMs: 300 })
     const { tracker } = await tracked(15, { batchSize: 10 })
     const report = await tracker.sendInvalidation({ wait: true })
     assert.deepEqual(report.batches.map((b) => b.status), ['Completed', 'Completed'])

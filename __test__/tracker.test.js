@@ -85,7 +85,7 @@ describe('calls', () => {
       invl.setUrlTTL('/a', 10)
       invl.sendInvalidation()
       invl.storeUrl(12)
-      await sleep(500)
+      await sleep(1500)
     })
     assert.ok(lines.some((l) => /storeUrl failed/.test(l)))
     assert.ok(lines.some((l) => /sendInvalidation failed/.test(l)))

@@ -17,9 +17,17 @@ function argValue (name, reason, actual) {
   return err
 }
 
+/** Hides the credentials of a URL (`scheme://user:pass@host` becomes `scheme://***@host`). */
+function redact (text) {
+  return text.replace(/\/\/[^/@\s]*@/g, '//***@')
+}
+
 function describe (value) {
   if (value === null) return 'null'
-  if (typeof value === 'string') return `type string (${JSON.stringify(value.length > 40 ? value.slice(0, 40) + '…' : value)})`
+  if (typeof value === 'string') {
+    const shown = redact(value)
+    return `type string (${JSON.stringify(shown.length > 40 ? shown.slice(0, 40) + '…' : shown)})`
+  }
   if (typeof value === 'function') return `function ${value.name || '<anonymous>'}`
   if (typeof value === 'object') return value.constructor && value.constructor.name ? `an instance of ${value.constructor.name}` : 'an object'
   return `type ${typeof value} (${String(value)})`
@@ -42,4 +50,4 @@ function fromCoded (coded) {
   return err
 }
 
-module.exports = { argType, argValue, fromNative, fromCoded }
+module.exports = { argType, argValue, fromNative, fromCoded, redact }

@@ -94,9 +94,15 @@ function middleware (tracker, options = {}) {
   const onlyCloudFront = optBoolean(options, 'onlyCloudFront', false)
 
   function report (err) {
-    const logger = tracker._logger
-    if (logger) logger.error(`cf-invalidation-tracker: middleware failed: ${err && err.message}`)
+    try {
+      const logger = tracker._logger
+      if (logger) logger.error(`cf-invalidation-tracker: middleware failed: ${err && err.message}`)
+    } catch {}
   }
+  // A URL from the internet that cannot become a path is the client's junk, not our failure: not logged.
+  const track = typeof tracker._track === 'function'
+    ? (url, seconds) => tracker._track(url, seconds, true)
+    : (url, seconds) => tracker.storeUrl(url, seconds)
 
   function done (req, res, url) {
     try {
@@ -110,8 +116,7 @@ function middleware (tracker, options = {}) {
       }
       if (forbidsSharedCache(res)) return
       const seconds = typeof ttl === 'function' ? ttl(req, res) : ttl
-      if (seconds === undefined || seconds === null || seconds === 0) handled(tracker.storeUrl(url))
-      else handled(tracker.storeUrl(url, seconds))
+      handled(track(url, seconds === null || seconds === 0 ? undefined : seconds))
     } catch (err) {
       report(err)
     }

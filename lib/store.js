@@ -62,9 +62,13 @@ function invoke (store, method, args) {
  */
 function dispatcher (store) {
   const has = new Set(optionalMethods(store))
+  let connecting = null
   async function ensureConnected () {
     if (!has.has('isConnected') || !has.has('connect')) return
-    if (!(await invoke(store, 'isConnected', []))) await invoke(store, 'connect', [])
+    if (await invoke(store, 'isConnected', [])) return
+    // Calls in flight together share one connect().
+    if (!connecting) connecting = invoke(store, 'connect', []).finally(() => { connecting = null })
+    await connecting
   }
   return async function call ({ method, key, value }) {
     if (method !== 'disconnect') await ensureConnected()

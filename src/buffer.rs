@@ -98,9 +98,16 @@ impl WriteBuffer {
         self.lock().entries.len()
     }
 
-    /// True when nothing waits to be written.
+    /// True when nothing (no URL, no overflow wildcard) waits to be written.
     pub fn is_empty(&self) -> bool {
-        self.len() == 0
+        let p = self.lock();
+        p.entries.is_empty() && p.overflow.is_empty()
+    }
+
+    /// Holds off writes while the caller changes a URL both here and in the store, so a write already taken from the
+    /// buffer cannot land after (and undo) the change.
+    pub async fn exclusive(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.writer.lock().await
     }
 
     /// Resolves when `window` reached the store, or fails with the error of its first failed write attempt.
@@ -133,11 +140,8 @@ impl WriteBuffer {
             )
         };
         let batch: Vec<Entry> = entries
-            .iter()
-            .map(|(path, exp)| Entry {
-                path: path.clone(),
-                expires_at: *exp,
-            })
+            .into_iter()
+            .map(|(path, expires_at)| Entry { path, expires_at })
             .collect();
         let overflow: Vec<String> = overflow.into_iter().collect();
         let result = async {
@@ -161,8 +165,8 @@ impl WriteBuffer {
             Err(e) => {
                 // Keep what could not be written; anything pushed since is newer and wins.
                 let mut p = self.lock();
-                for (path, exp) in entries {
-                    p.entries.entry(path).or_insert(exp);
+                for e in batch {
+                    p.entries.entry(e.path).or_insert(e.expires_at);
                 }
                 for w in overflow {
                     crate::store::memory::add_overflow(&mut p.overflow, &w);

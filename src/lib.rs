@@ -174,6 +174,8 @@ pub struct Report {
     pub resumed: u32,
     /// Flood-guard wildcards sent.
     pub overflow: Vec<String>,
+    /// Paths CloudFront refused as invalid (dropped).
+    pub rejected: Vec<String>,
     /// True when `maxPaths` collapsed paths into wildcards.
     pub collapsed: bool,
     /// Paths billed by this send.
@@ -209,6 +211,7 @@ impl From<SendReport> for Report {
             kept: n(r.kept),
             resumed: n(r.resumed),
             overflow: r.overflow,
+            rejected: r.rejected,
             collapsed: r.collapsed,
             billed_paths: u32::try_from(r.billed_paths).unwrap_or(u32::MAX),
             billed_this_month: u32::try_from(r.billed_this_month).unwrap_or(u32::MAX),

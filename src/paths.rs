@@ -401,13 +401,18 @@ pub fn send_paths(tracked: &str, rules: &PathRules) -> Vec<String> {
     out
 }
 
-/// The wildcard that covers `path` when the store overflows: its first directory (`/images/a.jpg` gives
-/// `/images/*`), or `/*` for a top-level file.
+/// What covers `path` when the store overflows: its first directory (`/images/a.jpg` gives `/images/*`); for a
+/// top-level path, every query variant of it (`/?cb=1` gives `/?*`), or the path itself. Never `/*`: the store falls
+/// back to that only when it holds too many of these.
 pub fn overflow_wildcard(path: &str) -> String {
-    let bare = path.split_once('?').map_or(path, |(before, _)| before);
+    let (bare, query) = match path.split_once('?') {
+        Some((before, _)) => (before, true),
+        None => (path, false),
+    };
     match bare.strip_prefix('/').and_then(|rest| rest.find('/')) {
         Some(i) => format!("{}*", &bare[..i + 2]),
-        None => "/*".to_owned(),
+        None if query => format!("{bare}?*"),
+        None => bare.to_owned(),
     }
 }
 
@@ -1106,11 +1111,13 @@ mod tests {
             ("/images/a.jpg", "/images/*"),
             ("/images/", "/images/*"),
             ("/a/b/c", "/a/*"),
-            ("/a.jpg", "/*"),
-            ("/", "/*"),
-            ("/a?x=/b/c", "/*"),
+            ("/a.jpg", "/a.jpg"),
+            ("/", "/"),
+            ("/?cb=123", "/?*"),
+            ("/a.jpg?w=1", "/a.jpg?*"),
+            ("/a?x=/b/c", "/a?*"),
             ("/images/x*", "/images/*"),
-            ("/images*", "/*"),
+            ("/images*", "/images*"),
             ("//a", "//*"),
         ] {
             assert_eq!(overflow_wildcard(path), expected, "{path}");

@@ -67,7 +67,7 @@ pub struct BatchReport {
     pub id: Option<String>,
     /// The CallerReference it was (or would be) sent with.
     pub caller_reference: Option<String>,
-    /// `InProgress`, `Completed`, `Kept` (not sent, still tracked) or `DryRun`.
+    /// `InProgress`, `Completed`, `Kept` (not sent, still tracked), `Rejected` (every path refused) or `DryRun`.
     pub status: String,
     /// The paths of the batch.
     pub paths: Vec<String>,
@@ -92,6 +92,8 @@ pub struct SendReport {
     pub resumed: usize,
     /// Wildcards sent to cover URLs the flood guard could not store one by one.
     pub overflow: Vec<String>,
+    /// Paths CloudFront refused as invalid; dropped so they cannot hold back the rest.
+    pub rejected: Vec<String>,
     /// True when `maxPaths` made the send collapse paths into wildcards.
     pub collapsed: bool,
     /// Paths billed by this send.
@@ -106,89 +108,118 @@ pub struct SendReport {
     pub error: Option<Error>,
 }
 
-/// Builds the batches for a set of tracked URLs (and flood-guard wildcards). Returns the plan and whether `maxPaths`
-/// made it collapse paths into wildcards.
-pub fn plan(urls: &[String], overflow: &[String], cfg: &SendConfig) -> (Vec<PlannedBatch>, bool) {
-    let mut sorted: Vec<&String> = urls.iter().collect();
-    sorted.sort_unstable();
-    sorted.dedup();
+/// Sent paths and the tracked URLs behind them, kept together in one batch.
+struct Unit {
+    paths: Vec<String>,
+    covers: Vec<String>,
+}
+
+/// Builds the batches for the tracked URLs of a claim (and its flood-guard wildcards). Returns the plan and whether
+/// `maxPaths` made it collapse paths into wildcards.
+pub fn plan(
+    mut urls: Vec<String>,
+    overflow: Vec<String>,
+    cfg: &SendConfig,
+) -> (Vec<PlannedBatch>, bool) {
+    urls.sort_unstable();
+    urls.dedup();
+    let budget = cfg.max_paths.unwrap_or(usize::MAX);
     let variants =
         cfg.rules.index_document.is_some() || cfg.rules.query_strings == QueryStrings::Wildcard;
-    // Each sent path once, with the tracked URLs behind it. Without variants a URL is its own single path.
-    let mut units: Vec<(Vec<String>, String)> = Vec::with_capacity(sorted.len() + overflow.len());
+    let wildcards = overflow.into_iter().map(|w| Unit {
+        paths: vec![w],
+        covers: Vec::new(),
+    });
+    if !variants && urls.len() + wildcards.len() <= budget {
+        // The usual case: each tracked URL is its own path, moved into its batch, not copied.
+        let mut batches = Vec::with_capacity(urls.len().div_ceil(cfg.batch_size) + 1);
+        let mut current: Vec<String> = Vec::new();
+        let mut wild = 0;
+        for url in urls {
+            let is_wild = paths::is_wildcard(&url);
+            if current.len() == cfg.batch_size || (is_wild && wild == MAX_IN_PROGRESS_WILDCARDS) {
+                batches.push(PlannedBatch::plain(std::mem::take(&mut current)));
+                wild = 0;
+            }
+            wild += usize::from(is_wild);
+            current.push(url);
+        }
+        if !current.is_empty() {
+            batches.push(PlannedBatch::plain(current));
+        }
+        batches.extend(pack(wildcards.collect(), cfg.batch_size));
+        return (batches, false);
+    }
+    let mut units: Vec<Unit> = Vec::with_capacity(urls.len());
+    // Path -> unit, so a form already sent for one URL is not sent again for another.
     let mut seen: HashMap<String, usize> = HashMap::new();
-    for url in sorted {
-        let paths = if variants {
-            paths::send_paths(url, &cfg.rules)
+    for url in urls {
+        let forms = if variants {
+            paths::send_paths(&url, &cfg.rules)
         } else {
             vec![url.clone()]
         };
-        if variants {
-            let fresh: Vec<String> = paths
-                .iter()
-                .filter(|p| !seen.contains_key(*p))
-                .cloned()
-                .collect();
-            if fresh.is_empty() {
-                // Every form is already sent for another URL: ride along with the first one.
-                if let Some(&i) = paths.first().and_then(|p| seen.get(p)) {
-                    units[i].1.push('\n');
-                    units[i].1.push_str(url);
-                }
-                continue;
+        let fresh: Vec<String> = forms
+            .iter()
+            .filter(|p| !seen.contains_key(*p))
+            .cloned()
+            .collect();
+        if fresh.is_empty() {
+            if let Some(&i) = forms.first().and_then(|p| seen.get(p)) {
+                units[i].covers.push(url);
             }
-            for p in &fresh {
-                seen.insert(p.clone(), units.len());
-            }
-            units.push((fresh, url.clone()));
-        } else {
-            units.push((paths, url.clone()));
+            continue;
         }
+        for p in &fresh {
+            seen.insert(p.clone(), units.len());
+        }
+        units.push(Unit {
+            paths: fresh,
+            covers: vec![url],
+        });
     }
-    for w in overflow {
-        units.push((vec![w.clone()], String::new()));
-    }
-    let total: usize = units.iter().map(|u| u.0.len()).sum();
-    if total > cfg.max_paths.unwrap_or(usize::MAX) {
-        return (collapse_plan(units, cfg), true);
+    units.extend(wildcards);
+    let total: usize = units.iter().map(|u| u.paths.len()).sum();
+    if total > budget {
+        return (collapse_plan(units, budget, cfg.batch_size), true);
     }
     (pack(units, cfg.batch_size), false)
 }
 
-/// Packs units (sent paths + the tracked URLs behind them, newline-joined) into batches of at most `batch_size` paths
-/// and at most 15 wildcards each; a unit's paths stay together.
-fn pack(units: Vec<(Vec<String>, String)>, batch_size: usize) -> Vec<PlannedBatch> {
+/// Packs units into batches of at most `batch_size` paths and at most 15 wildcards each.
+fn pack(units: Vec<Unit>, batch_size: usize) -> Vec<PlannedBatch> {
     let mut batches: Vec<PlannedBatch> = Vec::new();
-    let mut current = PlannedBatch::default();
+    let mut paths: Vec<String> = Vec::new();
+    let mut covers: Vec<String> = Vec::new();
     let mut wild = 0;
-    for (paths, behind) in units {
-        let unit_wild = paths.iter().filter(|p| paths::is_wildcard(p)).count();
-        let full = current.paths.len() + paths.len() > batch_size
+    for unit in units {
+        let unit_wild = unit.paths.iter().filter(|p| paths::is_wildcard(p)).count();
+        let full = paths.len() + unit.paths.len() > batch_size
             || wild + unit_wild > MAX_IN_PROGRESS_WILDCARDS;
-        if full && !current.paths.is_empty() {
-            batches.push(std::mem::take(&mut current));
+        if full && !paths.is_empty() {
+            batches.push(PlannedBatch {
+                paths: std::mem::take(&mut paths),
+                covers: Some(std::mem::take(&mut covers)),
+            });
             wild = 0;
         }
         wild += unit_wild;
-        current.paths.extend(paths);
-        current.covers.extend(
-            behind
-                .split('\n')
-                .filter(|u| !u.is_empty())
-                .map(str::to_owned),
-        );
+        paths.extend(unit.paths);
+        covers.extend(unit.covers);
     }
-    if !current.paths.is_empty() {
-        batches.push(current);
+    if !paths.is_empty() {
+        batches.push(PlannedBatch {
+            paths,
+            covers: Some(covers),
+        });
     }
     batches
 }
 
-/// The plan when there are more paths than `maxPaths`: the most specific wildcard cover within the budget.
-fn collapse_plan(units: Vec<(Vec<String>, String)>, cfg: &SendConfig) -> Vec<PlannedBatch> {
-    let all: Vec<String> = units.iter().flat_map(|u| u.0.iter().cloned()).collect();
-    let budget = cfg.max_paths.unwrap_or(usize::MAX).max(1);
-    let cover = paths::collapse(&all, budget, MAX_IN_PROGRESS_WILDCARDS);
+/// The plan when there are more paths than `budget`: the most specific wildcard cover within it.
+fn collapse_plan(units: Vec<Unit>, budget: usize, batch_size: usize) -> Vec<PlannedBatch> {
+    let all: Vec<String> = units.iter().flat_map(|u| u.paths.iter().cloned()).collect();
+    let cover = paths::collapse(&all, budget.max(1), MAX_IN_PROGRESS_WILDCARDS);
     let exact: HashMap<&str, usize> = cover
         .iter()
         .enumerate()
@@ -199,21 +230,30 @@ fn collapse_plan(units: Vec<(Vec<String>, String)>, cfg: &SendConfig) -> Vec<Pla
         .enumerate()
         .filter(|(_, p)| paths::is_wildcard(p))
         .collect();
-    let mut behind: Vec<String> = vec![String::new(); cover.len()];
-    for (paths, urls) in &units {
-        let Some(first) = paths.first() else { continue };
+    let mut covered: Vec<Vec<String>> = vec![Vec::new(); cover.len()];
+    for unit in units {
+        let Some(first) = unit.paths.first() else {
+            continue;
+        };
         let slot = exact.get(first.as_str()).copied().or_else(|| {
             wild.iter()
                 .find(|(_, w)| paths::covers(w, first))
                 .map(|(i, _)| *i)
         });
         if let Some(i) = slot {
-            behind[i].push('\n');
-            behind[i].push_str(urls);
+            covered[i].extend(unit.covers);
         }
     }
-    let units = cover.iter().cloned().map(|p| vec![p]).zip(behind).collect();
-    pack(units, cfg.batch_size)
+    let units = cover
+        .iter()
+        .cloned()
+        .zip(covered)
+        .map(|(p, covers)| Unit {
+            paths: vec![p],
+            covers,
+        })
+        .collect();
+    pack(units, batch_size)
 }
 
 /// The CallerReference of a batch: derived from its content, so a retry of the same batch (in this process or
@@ -232,6 +272,13 @@ pub fn caller_reference(dist: &str, claim_id: &str, index: &str, paths: &[String
         "cfit-{claim_id}-{index}-{}",
         &hex::encode(h.finalize())[..16]
     )
+}
+
+/// Queues the two halves of a chunk, labelled so that a retry of the same split reuses the same CallerReferences.
+fn split(pending: &mut Vec<(String, Vec<String>)>, label: &str, chunk: &[String]) {
+    let (a, b) = chunk.split_at(chunk.len() / 2);
+    pending.push((format!("{label}.1"), b.to_vec()));
+    pending.push((format!("{label}.0"), a.to_vec()));
 }
 
 /// Logger the sender reports progress to.
@@ -264,7 +311,10 @@ struct Sender<'a> {
 }
 
 enum BatchOutcome {
-    Accepted(Vec<(String, String)>),
+    /// CloudFront accepted the batch: `(invalidation id, CallerReference)` of each request (several when it was
+    /// split), and the paths it refused as invalid, dropped so they cannot block the rest forever.
+    Accepted(Vec<(String, String)>, Vec<String>),
+    /// Not accepted: the batch stays tracked for a later send.
     Kept(Error),
 }
 
@@ -347,6 +397,7 @@ impl Sender<'_> {
     ) -> BatchOutcome {
         let mut pending: Vec<(String, Vec<String>)> = vec![(index.to_string(), paths.to_vec())];
         let mut accepted = Vec::new();
+        let mut rejected = Vec::new();
         let mut backoff = Duration::from_millis(200);
         let mut transient = 0;
         while let Some((label, chunk)) = pending.pop() {
@@ -370,11 +421,24 @@ impl Sender<'_> {
                         break;
                     }
                     Err(CfFailure::BatchTooLarge(_)) if chunk.len() > 1 => {
-                        let (a, b) = chunk.split_at(chunk.len() / 2);
                         self.log
                             .info(&format!("Batch too large: splitting {} paths", chunk.len()));
-                        pending.push((format!("{label}.1"), b.to_vec()));
-                        pending.push((format!("{label}.0"), a.to_vec()));
+                        split(&mut pending, &label, &chunk);
+                        break;
+                    }
+                    Err(CfFailure::Fatal { code, .. })
+                        if code == "InvalidArgument" && chunk.len() > 1 =>
+                    {
+                        // One path CloudFront will not take must not hold back the others: find it by halves.
+                        split(&mut pending, &label, &chunk);
+                        break;
+                    }
+                    Err(CfFailure::Fatal { code, message }) if code == "InvalidArgument" => {
+                        self.log.warn(&format!(
+                            "CloudFront refused the path {} ({message}); it is dropped",
+                            chunk[0]
+                        ));
+                        rejected.extend(chunk);
                         break;
                     }
                     Err(CfFailure::TooManyInProgress(msg)) => {
@@ -411,7 +475,7 @@ impl Sender<'_> {
                 backoff = (backoff * 2).min(Duration::from_secs(20));
             }
         }
-        BatchOutcome::Accepted(accepted)
+        BatchOutcome::Accepted(accepted, rejected)
     }
 
     fn deadline_error(&self) -> Error {
@@ -421,25 +485,52 @@ impl Sender<'_> {
         ))
     }
 
-    async fn send_claim(&mut self, claim: Claim, report: &mut SendReport) -> Result<()> {
-        let plan = match claim.plan {
+    /// Sends what is left of one claim. `older` holds the URLs of earlier claims of this send that are still to be
+    /// sent: a new claim leaves them out, so a URL served again while an earlier send failed is sent once.
+    async fn send_claim(
+        &mut self,
+        claim: Claim,
+        older: &mut Option<HashSet<String>>,
+        report: &mut SendReport,
+    ) -> Result<()> {
+        let Claim {
+            id,
+            resumed,
+            urls,
+            overflow,
+            plan: saved,
+            done,
+        } = claim;
+        report.overflow.extend(overflow.iter().cloned());
+        let planned = match saved {
             Some(plan) => plan,
             None => {
-                let (plan, collapsed) = plan(&claim.urls, &claim.overflow, self.cfg);
+                let urls = match older.as_ref() {
+                    Some(seen) if !resumed => {
+                        urls.into_iter().filter(|u| !seen.contains(u)).collect()
+                    }
+                    _ => urls,
+                };
+                let (planned, collapsed) = plan(urls, overflow, self.cfg);
                 report.collapsed |= collapsed;
-                self.store.save_plan(&claim.id, plan).await?
+                self.store.save_plan(&id, planned).await?
             }
         };
-        report.overflow.extend(claim.overflow.iter().cloned());
+        if let (true, Some(seen)) = (resumed, older.as_mut()) {
+            for (i, batch) in planned.iter().enumerate() {
+                if !done.contains(&i) {
+                    seen.extend(batch.covered().iter().cloned());
+                }
+            }
+        }
         let mut failure: Option<Error> = None;
-        for (index, batch) in plan.iter().enumerate() {
-            if claim.done.contains(&index) {
+        for (index, batch) in planned.into_iter().enumerate() {
+            if done.contains(&index) {
                 continue;
             }
             let mut entry = BatchReport {
                 status: "Kept".into(),
-                paths: batch.paths.clone(),
-                resumed: claim.resumed,
+                resumed,
                 ..BatchReport::default()
             };
             if failure.is_none() {
@@ -448,25 +539,34 @@ impl Sender<'_> {
                     batch.paths.len()
                 ));
                 match self
-                    .send_batch(&claim.id, index, &batch.paths, &mut entry.retries)
+                    .send_batch(&id, index, &batch.paths, &mut entry.retries)
                     .await
                 {
-                    BatchOutcome::Accepted(created) => {
-                        self.store.batch_done(&claim.id, index, batch).await?;
+                    BatchOutcome::Accepted(created, rejected) => {
+                        self.store.batch_done(&id, index, &batch).await?;
                         if self.renewed.elapsed() > self.cfg.lease / 3 {
                             self.store
-                                .renew(&claim.id, self.cfg.lease.as_millis() as u64)
+                                .renew(&id, self.cfg.lease.as_millis() as u64)
                                 .await?;
                             self.renewed = Instant::now();
                         }
-                        self.log.info("Success! 201");
+                        let sent = batch.paths.len() - rejected.len();
+                        if !created.is_empty() {
+                            self.log.info("Success! 201");
+                        }
                         let (ids, refs): (Vec<_>, Vec<_>) = created.into_iter().unzip();
-                        entry.id = Some(ids.join(","));
-                        entry.caller_reference = Some(refs.join(","));
-                        entry.status = "InProgress".into();
-                        report.paths += batch.paths.len();
-                        report.billed_paths += batch.paths.len() as u64;
-                        report.resumed += usize::from(claim.resumed);
+                        entry.id = (!ids.is_empty()).then(|| ids.join(","));
+                        entry.caller_reference = (!refs.is_empty()).then(|| refs.join(","));
+                        entry.status = if ids.is_empty() {
+                            "Rejected"
+                        } else {
+                            "InProgress"
+                        }
+                        .into();
+                        report.paths += sent;
+                        report.billed_paths += sent as u64;
+                        report.resumed += usize::from(resumed);
+                        report.rejected.extend(rejected);
                     }
                     BatchOutcome::Kept(e) => {
                         self.log.warn(&format!("Error! {e}"));
@@ -478,18 +578,19 @@ impl Sender<'_> {
                 entry.error = failure.as_ref().map(ToString::to_string);
                 entry.caller_reference = Some(caller_reference(
                     self.cf.dist(),
-                    &claim.id,
+                    &id,
                     &index.to_string(),
                     &batch.paths,
                 ));
-                report.kept += batch.covers.len();
+                report.kept += batch.covered().len();
             }
+            entry.paths = batch.paths;
             report.batches.push(entry);
         }
         match failure {
-            None => self.store.finish(&claim.id).await,
+            None => self.store.finish(&id).await,
             Some(e) => {
-                self.store.release(&claim.id).await?;
+                self.store.release(&id).await?;
                 report.error.get_or_insert(e);
                 Ok(())
             }
@@ -565,8 +666,7 @@ pub async fn send(
         ..SendReport::default()
     };
     if opts.dry_run {
-        let urls = store.list().await?;
-        let (planned, collapsed) = plan(&urls, &[], cfg);
+        let (planned, collapsed) = plan(store.list().await?, Vec::new(), cfg);
         report.collapsed = collapsed;
         for b in planned {
             report.paths += b.paths.len();
@@ -592,15 +692,16 @@ pub async fn send(
         pacing: true,
         renewed: Instant::now(),
     };
-    let mut seen = HashSet::new();
-    for claim in claims {
-        if !seen.insert(claim.id.clone()) {
-            continue;
-        }
-        let id = claim.id.clone();
-        if let Err(e) = sender.send_claim(claim, &mut report).await {
-            // The store failed mid-send: give the claim back so the next send resumes it.
-            let _ = store.release(&id).await;
+    // Only when an earlier claim is resumed beside a new one can the two hold the same URL.
+    let mut older =
+        (claims.iter().any(|c| c.resumed) && claims.iter().any(|c| !c.resumed)).then(HashSet::new);
+    let ids: Vec<String> = claims.iter().map(|c| c.id.clone()).collect();
+    for (i, claim) in claims.into_iter().enumerate() {
+        if let Err(e) = sender.send_claim(claim, &mut older, &mut report).await {
+            // The store failed mid-send: give back every claim not finished, for the next send to resume.
+            for id in &ids[i..] {
+                let _ = store.release(id).await;
+            }
             return Err(e);
         }
     }
@@ -636,16 +737,53 @@ mod tests {
     fn batches_respect_the_size_and_never_come_out_empty() {
         let cfg = SendConfig::default();
         for n in [1, 999, 1000, 1001, 2000, 2500] {
-            let (batches, collapsed) = plan(&urls(n), &[], &cfg);
+            let (batches, collapsed) = plan(urls(n), Vec::new(), &cfg);
             assert!(!collapsed);
             assert_eq!(batches.len(), n.div_ceil(1000), "n = {n}");
             assert!(batches
                 .iter()
                 .all(|b| !b.paths.is_empty() && b.paths.len() <= 1000));
-            let total: usize = batches.iter().map(|b| b.covers.len()).sum();
+            let total: usize = batches.iter().map(|b| b.covered().len()).sum();
             assert_eq!(total, n);
         }
-        assert!(plan(&[], &[], &cfg).0.is_empty());
+        assert!(plan(Vec::new(), Vec::new(), &cfg).0.is_empty());
+    }
+
+    #[test]
+    fn variants_stay_in_one_batch_and_each_form_is_sent_once() {
+        let cfg = SendConfig {
+            batch_size: 4,
+            rules: PathRules {
+                index_document: Some("index.html".into()),
+                ..PathRules::default()
+            },
+            ..SendConfig::default()
+        };
+        let tracked = vec![
+            "/docs/".to_string(),
+            "/docs/index.html".to_string(),
+            "/a".to_string(),
+        ];
+        let (batches, _) = plan(tracked, vec!["/img/*".into()], &cfg);
+        let sent: Vec<&String> = batches.iter().flat_map(|b| &b.paths).collect();
+        assert_eq!(sent.len(), 5, "{sent:?}"); // /a, /docs, /docs/, /docs/index.html, /img/*
+        let docs = batches
+            .iter()
+            .find(|b| b.paths.contains(&"/docs/".to_string()))
+            .unwrap();
+        assert!(
+            docs.paths.contains(&"/docs".to_string())
+                && docs.paths.contains(&"/docs/index.html".to_string())
+        );
+        let mut covered: Vec<&String> = batches.iter().flat_map(|b| b.covered()).collect();
+        covered.sort();
+        assert_eq!(covered, ["/a", "/docs/", "/docs/index.html"]);
+    }
+
+    #[test]
+    fn plain_batches_keep_the_urls_once() {
+        let (batches, _) = plan(urls(10), Vec::new(), &SendConfig::default());
+        assert!(batches.iter().all(|b| b.covers.is_none()));
     }
 
     #[test]
@@ -673,14 +811,14 @@ mod tests {
             ..SendConfig::default()
         };
         let tracked = urls(500);
-        let (batches, collapsed) = plan(&tracked, &[], &cfg);
+        let (batches, collapsed) = plan(tracked.clone(), Vec::new(), &cfg);
         assert!(collapsed);
         let sent: Vec<&String> = batches.iter().flat_map(|b| &b.paths).collect();
         assert!(sent.len() <= 10);
         for t in &tracked {
             assert!(sent.iter().any(|s| paths::covers(s, t)), "{t} not covered");
         }
-        let covered: usize = batches.iter().map(|b| b.covers.len()).sum();
+        let covered: usize = batches.iter().map(|b| b.covered().len()).sum();
         assert_eq!(covered, 500);
     }
 }

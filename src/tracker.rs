@@ -160,6 +160,7 @@ impl Tracker {
     pub async fn set_ttl(&self, url: &str, ttl_secs: f64) -> Result<()> {
         let expires_at = expiry(Some(ttl_secs))?;
         let path = self.normalize(url)?;
+        let _writes = self.buffer.exclusive().await;
         if self.buffer.set_expiry(&path, expires_at) {
             return Ok(());
         }
@@ -169,6 +170,7 @@ impl Tracker {
     /// Stops tracking a URL.
     pub async fn remove(&self, url: &str) -> Result<()> {
         let path = self.normalize(url)?;
+        let _writes = self.buffer.exclusive().await;
         self.buffer.forget(&path);
         self.store.remove(&[path]).await
     }

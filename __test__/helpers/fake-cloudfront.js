@@ -198,6 +198,8 @@ async function startFakeCloudFront({
   if (byId.size !== distributionList.length) throw new RangeError('distribution ids must be unique')
 
   let faults = []
+  /** Paths this CloudFront refuses as invalid, beyond its own syntax rules (a predicate, or null). */
+  let refusePath = null
   let requests = []
   const timers = new Set()
 
@@ -214,6 +216,11 @@ async function startFakeCloudFront({
     const index = faults.findIndex((f) => f.op === op)
     if (index === -1) return undefined
     const fault = faults[index]
+    if (fault.after > 0) {
+      // Let this many requests of the operation through before the fault applies.
+      fault.after -= 1
+      return undefined
+    }
     fault.remaining -= 1
     if (fault.remaining === 0) faults.splice(index, 1)
     return fault
@@ -329,6 +336,9 @@ async function startFakeCloudFront({
 
   function createInvalidation(dist, body) {
     const { callerReference, paths } = parseBatch(body)
+    if (refusePath && paths.some(refusePath)) {
+      throw new CloudFrontError(400, 'InvalidArgument', 'Your request contains one or more invalid invalidation paths.')
+    }
     const previous = dist.byCallerReference.get(callerReference)
     if (previous) {
       if (!samePaths(previous.paths, paths)) {
@@ -452,7 +462,7 @@ async function startFakeCloudFront({
      * Queues `times` faults of `kind` for operation `op`; an operation consumes its faults in the order queued.
      * `delayMs` delays the fault (for 'slow', the normal answer; default 1000 ms).
      */
-    fail(kind, { times = 1, op = 'CreateInvalidation', delayMs } = {}) {
+    fail(kind, { times = 1, op = 'CreateInvalidation', delayMs, after = 0 } = {}) {
       const name = typeof kind === 'number' ? String(kind) : kind
       if (!FAULT_KINDS.has(name)) throw new TypeError(`unknown fault kind: ${kind}`)
       if (!OPERATIONS.has(op)) throw new TypeError(`unknown operation: ${op}`)
@@ -460,7 +470,8 @@ async function startFakeCloudFront({
       if (delayMs !== undefined && !(Number.isFinite(delayMs) && delayMs >= 0)) {
         throw new RangeError('delayMs must be a non-negative number')
       }
-      faults.push({ kind: name, op, remaining: times, delayMs })
+      if (!Number.isInteger(after) || after < 0) throw new RangeError('after must be a non-negative integer')
+      faults.push({ kind: name, op, remaining: times, delayMs, after })
     },
 
     /** Every request received, in arrival order. */
@@ -488,6 +499,11 @@ async function startFakeCloudFront({
       return selected(distId).flatMap((d) => d.invalidations.flatMap((inv) => inv.paths))
     },
 
+    /** Refuses, as InvalidArgument, every CreateInvalidation holding a path for which `predicate` is true. */
+    refusePaths(predicate) {
+      refusePath = predicate
+    },
+
     /** Marks every invalidation Completed now, freeing the in-progress limits. */
     completeAll() {
       for (const d of distributionList) for (const inv of d.invalidations) inv.forcedComplete = true
@@ -496,6 +512,7 @@ async function startFakeCloudFront({
     /** Forgets queued faults, recorded requests and created invalidations. */
     reset() {
       faults = []
+      refusePath = null
       requests = []
       for (const d of distributionList) {
         d.invalidations = []

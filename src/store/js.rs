@@ -90,6 +90,8 @@ struct JsClaim {
     plan: Option<Vec<PlannedBatch>>,
     done: BTreeSet<usize>,
     leased: bool,
+    /// URLs of the claim stored again while it is being sent: not deleted when their batch is accepted.
+    restored: HashSet<String>,
 }
 
 #[derive(Default)]
@@ -97,6 +99,9 @@ struct State {
     overflow: BTreeSet<String>,
     claims: BTreeMap<String, JsClaim>,
     billed: HashMap<String, u64>,
+    /// Keys as the store holds them, by the path they mean (a store written for the original package may hold raw
+    /// URLs): `del` is called with these.
+    raw_keys: HashMap<String, Vec<String>>,
 }
 
 /// A JavaScript store object behind the [`Store`] trait.
@@ -178,21 +183,49 @@ impl JsStore {
             .await
     }
 
+    /// Every path the store holds, sorted, remembering under which keys it holds them.
     async fn all_keys(&self) -> Result<Vec<String>> {
-        match self.call("getAllKeys", None, None).await? {
-            StoreReply::Keys(keys) => Ok(keys
-                .iter()
-                // Keys written by older versions may be raw URLs: read them as today's paths.
-                .filter_map(|k| paths::normalize(k, &self.rules).ok())
-                .collect::<BTreeSet<_>>()
-                .into_iter()
-                .collect()),
-            StoreReply::Nothing => Ok(Vec::new()),
-            StoreReply::Other(what) => Err(Error::Store {
-                method: "getAllKeys",
-                message: format!("answered with {what}; it must give an array of strings"),
-            }),
+        let keys = match self.call("getAllKeys", None, None).await? {
+            StoreReply::Keys(keys) => keys,
+            StoreReply::Nothing => Vec::new(),
+            StoreReply::Other(what) => {
+                return Err(Error::Store {
+                    method: "getAllKeys",
+                    message: format!("answered with {what}; it must give an array of strings"),
+                })
+            }
+        };
+        let mut by_path: HashMap<String, Vec<String>> = HashMap::with_capacity(keys.len());
+        for key in keys {
+            if let Some(path) = self.path_of(&key) {
+                by_path.entry(path).or_default().push(key);
+            }
         }
+        let mut paths: Vec<String> = by_path.keys().cloned().collect();
+        paths.sort_unstable();
+        self.lock().raw_keys = by_path;
+        Ok(paths)
+    }
+
+    /// The path a stored key means: a wildcard the tracker stored, or a URL normalised as today.
+    fn path_of(&self, key: &str) -> Option<String> {
+        match paths::wildcard(key, &self.rules) {
+            Ok(w) if w == key => Some(w),
+            _ => paths::normalize(key, &self.rules).ok(),
+        }
+    }
+
+    /// The keys to delete for these paths.
+    fn keys_of(&self, paths: &[String]) -> Vec<(String, Option<f64>)> {
+        let state = self.lock();
+        paths
+            .iter()
+            .flat_map(|p| match state.raw_keys.get(p) {
+                Some(raw) => raw.clone(),
+                None => vec![p.clone()],
+            })
+            .map(|k| (k, None))
+            .collect()
     }
 }
 
@@ -208,11 +241,18 @@ impl Store for JsStore {
         "custom"
     }
 
-    fn durable_claims(&self) -> bool {
-        false
-    }
-
     async fn put(&self, entries: &[Entry], _max_tracked: usize) -> Result<PutOutcome> {
+        for claim in self.lock().claims.values_mut().filter(|c| c.leased) {
+            let again: Vec<String> = {
+                let held: HashSet<&String> = claim.urls.iter().collect();
+                entries
+                    .iter()
+                    .filter(|e| held.contains(&e.path))
+                    .map(|e| e.path.clone())
+                    .collect()
+            };
+            claim.restored.extend(again);
+        }
         let sets = entries
             .iter()
             .map(|e| (e.path.clone(), Some(1.0)))
@@ -237,18 +277,24 @@ impl Store for JsStore {
     }
 
     async fn set_expiry(&self, path: &str, expires_at: Option<u64>) -> Result<()> {
-        if self.has("setTTL") {
-            let secs = expires_at.map_or(0.0, ttl_secs);
-            self.call("setTTL", Some(path.to_owned()), Some(secs))
-                .await?;
+        match expires_at {
+            Some(at) if self.has("setTTL") => {
+                self.call("setTTL", Some(path.to_owned()), Some(ttl_secs(at)))
+                    .await?;
+            }
+            // No expiry: stores of the original kind clear a TTL by setting the key again (a TTL of 0 would delete
+            // it, as Redis's EXPIRE does).
+            None => {
+                self.call("set", Some(path.to_owned()), Some(1.0)).await?;
+            }
+            Some(_) => {}
         }
         Ok(())
     }
 
     async fn remove(&self, paths: &[String]) -> Result<()> {
         if self.has("del") {
-            self.call_each("del", paths.iter().map(|p| (p.clone(), None)).collect())
-                .await?;
+            self.call_each("del", self.keys_of(paths)).await?;
         }
         Ok(())
     }
@@ -324,13 +370,31 @@ impl Store for JsStore {
     }
 
     async fn batch_done(&self, claim_id: &str, index: usize, batch: &PlannedBatch) -> Result<()> {
-        // Forget exactly what CloudFront accepted, so URLs stored during the send survive it.
-        self.remove(&batch.covers).await?;
+        let has_del = self.has("del");
+        if has_del {
+            // Forget exactly what CloudFront accepted, so URLs stored during the send survive it; a URL stored again
+            // while its batch was in flight stays tracked for the next send.
+            let forget: Vec<String> = {
+                let state = self.lock();
+                let restored = state.claims.get(claim_id).map(|c| &c.restored);
+                batch
+                    .covered()
+                    .iter()
+                    .filter(|u| restored.is_none_or(|r| !r.contains(*u)))
+                    .cloned()
+                    .collect()
+            };
+            self.remove(&forget).await?;
+        }
         let mut state = self.lock();
         if let Some(c) = state.claims.get_mut(claim_id) {
             c.done.insert(index);
-            let gone: HashSet<&String> = batch.covers.iter().collect();
-            c.urls.retain(|u| !gone.contains(u));
+            if has_del {
+                let gone: HashSet<&String> = batch.covered().iter().collect();
+                c.urls.retain(|u| !gone.contains(u));
+            }
+            // Without `del` the URLs stay in the store until `clearAll`, so they stay in the claim: a later send must
+            // not take them for new ones.
         }
         *state.billed.entry(month_key(now_ms())).or_default() += batch.paths.len() as u64;
         Ok(())

@@ -177,7 +177,7 @@ impl Store for MemoryStore {
         let mut state = self.lock();
         if let Some(c) = state.claims.get_mut(claim_id) {
             c.done.insert(index);
-            for url in &batch.covers {
+            for url in batch.covered() {
                 c.urls.remove(url);
             }
         }
@@ -230,11 +230,7 @@ mod tests {
     }
 
     fn batch(paths: &[&str]) -> PlannedBatch {
-        let paths: Vec<String> = paths.iter().map(|p| p.to_string()).collect();
-        PlannedBatch {
-            covers: paths.clone(),
-            paths,
-        }
+        PlannedBatch::plain(paths.iter().map(|p| p.to_string()).collect())
     }
 
     #[tokio::test]

@@ -27,8 +27,24 @@ pub struct Entry {
 pub struct PlannedBatch {
     /// The paths sent to CloudFront (directory variants, wildcards).
     pub paths: Vec<String>,
-    /// The tracked URLs this batch covers: what the store forgets once CloudFront accepts it.
-    pub covers: Vec<String>,
+    /// The tracked URLs this batch covers, what the store forgets once CloudFront accepts it; `None` when they are
+    /// the paths themselves (no variants, no collapse: the usual case, kept once in memory and in the store).
+    pub covers: Option<Vec<String>>,
+}
+
+impl PlannedBatch {
+    /// A batch whose paths are the tracked URLs themselves.
+    pub fn plain(paths: Vec<String>) -> Self {
+        Self {
+            paths,
+            covers: None,
+        }
+    }
+
+    /// The tracked URLs this batch covers.
+    pub fn covered(&self) -> &[String] {
+        self.covers.as_deref().unwrap_or(&self.paths)
+    }
 }
 
 /// What a sender has claimed: tracked URLs taken out of the tracked set, atomically, for one send.
@@ -65,11 +81,6 @@ pub struct PutOutcome {
 pub trait Store: Send + Sync + 'static {
     /// A short name for logs and errors, e.g. `redis`.
     fn kind(&self) -> &'static str;
-
-    /// Whether this store keeps claims across processes (native stores do; a JavaScript store only in memory).
-    fn durable_claims(&self) -> bool {
-        true
-    }
 
     /// Track these URLs (insert, or update the expiry of one already tracked). When `max_tracked` URLs are tracked
     /// already, new ones are not stored: `overflow_wildcard` of each is recorded instead.

@@ -22,7 +22,9 @@ use std::time::Duration;
 
 /// Entries written by one script call; calls run concurrently over the multiplexed connection.
 const PUT_CHUNK: usize = 2000;
-/// Members read per ZSCAN-like page when reading large sets.
+/// Planned batches written or read per command.
+const PLAN_CHUNK: usize = 16;
+/// Members read per page when reading large sets.
 const READ_PAGE: isize = 10_000;
 /// How long a month's bill counter is kept.
 const BILL_TTL_SECS: i64 = 40 * 86_400;
@@ -81,25 +83,39 @@ impl Keys {
     }
 }
 
+// KEYS: urls. ARGV: now, most tracked, then (path, score) pairs. Tracks each path (or updates its expiry) while fewer
+// than `max` are tracked; returns the paths that did not fit, for the caller to cover with overflow wildcards.
 static PUT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-local now, max, max_over = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local now, max = ARGV[1], tonumber(ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 local n = redis.call('ZCARD', KEYS[1])
-local over = 0
-for i = 4, #ARGV, 3 do
+local over = {}
+for i = 3, #ARGV, 2 do
   local path = ARGV[i]
   if n < max or redis.call('ZSCORE', KEYS[1], path) then
     n = n + redis.call('ZADD', KEYS[1], ARGV[i + 1], path)
   else
-    local w = ARGV[i + 2]
-    if redis.call('SISMEMBER', KEYS[2], w) == 0 and redis.call('SCARD', KEYS[2]) >= max_over then w = '/*' end
-    redis.call('SADD', KEYS[2], w)
-    over = over + 1
+    over[#over + 1] = path
   end
 end
 return over
+"#,
+    )
+});
+
+// KEYS: overflow. ARGV: most wildcards, then wildcards. Records each, keeping the set bounded ('/*' past the bound).
+static PUT_OVERFLOW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local max = tonumber(ARGV[1])
+for i = 2, #ARGV do
+  local w = ARGV[i]
+  if redis.call('SISMEMBER', KEYS[1], w) == 0 and redis.call('SCARD', KEYS[1]) >= max then w = '/*' end
+  redis.call('SADD', KEYS[1], w)
+end
+return 0
 "#,
     )
 });
@@ -120,15 +136,16 @@ return {stale, made}
     )
 });
 
-// KEYS: claims, plan. ARGV: id, batches as JSON… Saves the plan unless one exists; returns the plan in force.
+// KEYS: claims, plan, draft. ARGV: id. Makes the draft (written in chunks) the claim's plan unless the claim is gone or
+// another sender saved a plan first. Returns 1 when the draft became the plan, 0 when a plan existed, -1 when the
+// claim is gone.
 static SAVE_PLAN: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return false end
-if redis.call('EXISTS', KEYS[2]) == 0 then
-  for i = 2, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
-end
-return redis.call('LRANGE', KEYS[2], 0, -1)
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then redis.call('DEL', KEYS[3]); return -1 end
+if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('DEL', KEYS[3]); return 0 end
+if redis.call('EXISTS', KEYS[3]) == 1 then redis.call('PERSIST', KEYS[3]); redis.call('RENAME', KEYS[3], KEYS[2]) end
+return 1
 "#,
     )
 });
@@ -186,11 +203,6 @@ impl RedisStore {
         })
     }
 
-    /// The hash-tagged prefix every key of this store starts with, e.g. `{cfit}`.
-    pub fn key_prefix(&self) -> &str {
-        &self.keys.base
-    }
-
     fn conn(&self) -> Result<ConnectionManager> {
         let mut slot = self
             .manager
@@ -224,6 +236,23 @@ impl RedisStore {
         }
     }
 
+    async fn read_plan(&self, con: &mut ConnectionManager, id: &str) -> Result<Vec<PlannedBatch>> {
+        let key = self.keys.claim(id, "plan");
+        let mut plan = Vec::new();
+        let mut start = 0isize;
+        loop {
+            let page: Vec<String> = con
+                .lrange(&key, start, start + PLAN_CHUNK as isize - 1)
+                .await?;
+            let n = page.len();
+            plan.extend(decode_plan(&page)?);
+            if n < PLAN_CHUNK {
+                return Ok(plan);
+            }
+            start += n as isize;
+        }
+    }
+
     async fn read_claim(
         &self,
         con: &mut ConnectionManager,
@@ -232,13 +261,9 @@ impl RedisStore {
     ) -> Result<Claim> {
         let urls = self.read_zset(con, &self.keys.claim(id, "urls")).await?;
         let overflow: Vec<String> = con.smembers(self.keys.claim(id, "overflow")).await?;
-        let raw_plan: Vec<String> = con.lrange(self.keys.claim(id, "plan"), 0, -1).await?;
+        let plan = self.read_plan(con, id).await?;
         let done: Vec<usize> = con.smembers(self.keys.claim(id, "done")).await?;
-        let plan = if raw_plan.is_empty() {
-            None
-        } else {
-            Some(decode_plan(&raw_plan)?)
-        };
+        let plan = (!plan.is_empty()).then_some(plan);
         Ok(Claim {
             id: id.to_owned(),
             resumed,
@@ -250,8 +275,8 @@ impl RedisStore {
     }
 }
 
-/// A planned batch as saved in Redis; `c` (the URLs covered) is left out when it equals `p` (the paths sent), as it
-/// does unless directory variants, query wildcards or a collapse are in play.
+/// A planned batch as saved in Redis; `c` (the URLs covered) is left out when they are `p` (the paths sent), as they
+/// are unless directory variants, query wildcards or a collapse are in play.
 #[derive(serde::Serialize)]
 struct WireOut<'a> {
     p: &'a [String],
@@ -269,7 +294,7 @@ struct WireIn {
 fn encode_batch(batch: &PlannedBatch) -> Result<String> {
     let wire = WireOut {
         p: &batch.paths,
-        c: (batch.covers != batch.paths).then_some(batch.covers.as_slice()),
+        c: batch.covers.as_deref(),
     };
     serde_json::to_string(&wire).map_err(|e| Error::Internal(format!("cannot encode a plan: {e}")))
 }
@@ -280,10 +305,9 @@ fn decode_plan(raw: &[String]) -> Result<Vec<PlannedBatch>> {
             let wire: WireIn = serde_json::from_str(s).map_err(|e| {
                 Error::Internal(format!("a saved plan in Redis is unreadable: {e}"))
             })?;
-            let covers = wire.c.unwrap_or_else(|| wire.p.clone());
             Ok(PlannedBatch {
                 paths: wire.p,
-                covers,
+                covers: wire.c,
             })
         })
         .collect()
@@ -305,52 +329,36 @@ impl Store for RedisStore {
         let calls = entries.chunks(PUT_CHUNK).map(|chunk| {
             let mut con = con.clone();
             let mut inv = PUT.prepare_invoke();
-            inv.key(&self.keys.urls)
-                .key(&self.keys.overflow)
-                .arg(&now)
-                .arg(max_tracked)
-                .arg(MAX_OVERFLOW_WILDCARDS);
+            inv.key(&self.keys.urls).arg(&now).arg(max_tracked);
             for e in chunk {
-                inv.arg(&e.path)
-                    .arg(score(e.expires_at))
-                    .arg(crate::paths::overflow_wildcard(&e.path));
+                inv.arg(&e.path).arg(score(e.expires_at));
             }
-            async move { inv.invoke_async::<usize>(&mut con).await }
+            async move { inv.invoke_async::<Vec<String>>(&mut con).await }
         });
-        let results = futures::future::join_all(calls).await;
+        let mut wildcards = BTreeSet::new();
         let mut outcome = PutOutcome::default();
-        for r in results {
-            outcome.overflowed += r?;
+        for over in futures::future::join_all(calls).await {
+            for path in over? {
+                outcome.overflowed += 1;
+                wildcards.insert(crate::paths::overflow_wildcard(&path));
+            }
+        }
+        if !wildcards.is_empty() {
+            let wildcards: Vec<String> = wildcards.into_iter().collect();
+            self.put_overflow(&wildcards).await?;
         }
         Ok(outcome)
     }
 
     async fn put_overflow(&self, wildcards: &[String]) -> Result<()> {
-        if wildcards.is_empty() {
-            return Ok(());
-        }
-        // Recorded as overflowed entries: the script keeps the wildcard set bounded. A `max_tracked` of 0 sends every
-        // entry to the overflow branch.
-        let entries: Vec<Entry> = wildcards
-            .iter()
-            .map(|w| Entry {
-                path: w.clone(),
-                expires_at: None,
-            })
-            .collect();
         let mut con = self.conn()?;
-        for chunk in entries.chunks(PUT_CHUNK) {
-            let mut inv = PUT.prepare_invoke();
-            inv.key(&self.keys.urls)
-                .key(&self.keys.overflow)
-                .arg(now_ms())
-                .arg(0)
-                .arg(MAX_OVERFLOW_WILDCARDS);
-            for e in chunk {
-                // The wildcard is its own overflow form.
-                inv.arg(&e.path).arg("+inf").arg(&e.path);
+        for chunk in wildcards.chunks(PUT_CHUNK) {
+            let mut inv = PUT_OVERFLOW.prepare_invoke();
+            inv.key(&self.keys.overflow).arg(MAX_OVERFLOW_WILDCARDS);
+            for w in chunk {
+                inv.arg(w);
             }
-            inv.invoke_async::<usize>(&mut con).await?;
+            inv.invoke_async::<i64>(&mut con).await?;
         }
         Ok(())
     }
@@ -426,18 +434,33 @@ impl Store for RedisStore {
         plan: Vec<PlannedBatch>,
     ) -> Result<Vec<PlannedBatch>> {
         let mut con = self.conn()?;
-        let mut inv = SAVE_PLAN.prepare_invoke();
-        inv.key(&self.keys.claims)
-            .key(self.keys.claim(claim_id, "plan"))
-            .arg(claim_id);
-        for batch in &plan {
-            inv.arg(encode_batch(batch)?);
+        // Written in chunks under a draft key of our own, then made the plan in one step: a large plan never travels
+        // as one command, and of two senders saving a plan for one claim the first wins.
+        let draft = self
+            .keys
+            .claim(claim_id, &format!("plan-draft:{}", new_claim_id()));
+        for chunk in plan.chunks(PLAN_CHUNK) {
+            let encoded = chunk.iter().map(encode_batch).collect::<Result<Vec<_>>>()?;
+            redis::pipe()
+                .rpush(&draft, encoded)
+                .ignore()
+                .expire(&draft, BILL_TTL_SECS)
+                .ignore()
+                .query_async::<()>(&mut con)
+                .await?;
         }
-        let saved: Option<Vec<String>> = inv.invoke_async(&mut con).await?;
+        let saved: i64 = SAVE_PLAN
+            .key(&self.keys.claims)
+            .key(self.keys.claim(claim_id, "plan"))
+            .key(&draft)
+            .arg(claim_id)
+            .invoke_async(&mut con)
+            .await?;
         match saved {
-            Some(raw) => decode_plan(&raw),
+            1 => Ok(plan),
             // The claim is gone: another sender finished it.
-            None => Ok(Vec::new()),
+            -1 => Ok(Vec::new()),
+            _ => self.read_plan(&mut con, claim_id).await,
         }
     }
 
@@ -452,7 +475,7 @@ impl Store for RedisStore {
             .arg(index)
             .arg(batch.paths.len())
             .arg(BILL_TTL_SECS);
-        for url in &batch.covers {
+        for url in batch.covered() {
             inv.arg(url);
         }
         inv.invoke_async::<i64>(&mut con).await?;
@@ -488,7 +511,7 @@ impl Store for RedisStore {
         redis::pipe()
             .atomic()
             .zrem(&self.keys.claims, claim_id)
-            .del(&[
+            .unlink(&[
                 self.keys.claim(claim_id, "urls"),
                 self.keys.claim(claim_id, "overflow"),
                 self.keys.claim(claim_id, "plan"),
@@ -529,13 +552,10 @@ mod tests {
 
     #[test]
     fn saved_plans_round_trip_and_leave_out_what_repeats() {
-        let same = PlannedBatch {
-            paths: vec!["/a".into(), "/b".into()],
-            covers: vec!["/a".into(), "/b".into()],
-        };
+        let same = PlannedBatch::plain(vec!["/a".into(), "/b".into()]);
         let variants = PlannedBatch {
             paths: vec!["/d".into(), "/d/".into()],
-            covers: vec!["/d/".into()],
+            covers: Some(vec!["/d/".into()]),
         };
         let raw = vec![
             encode_batch(&same).unwrap(),
