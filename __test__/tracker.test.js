@@ -194,6 +194,33 @@ describe('the Redis store', () => {
   })
 })
 
+describe('never crashes the host', () => {
+  it('a logger that throws does not take the process down', () => {
+    const script = `
+      const createTracker = require(${JSON.stringify(path.join(__dirname, '..'))})
+      const boom = () => { throw new Error('logger broke') }
+      const invl = createTracker({ cf: { dist: 'E' }, redis: { url: 'redis://127.0.0.1:1' }, logger: { info: boom, warn: boom, error: boom } })
+      invl.storeUrl('/a')
+      invl.sendInvalidation()
+      setTimeout(() => { console.log('alive'); process.exit(0) }, 1500)
+    `
+    const res = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 20000 })
+    assert.equal(res.status, 0, res.stderr)
+    assert.match(res.stdout, /alive/)
+  })
+
+  it('errors from the native constructor carry their code, and no password', () => {
+    assert.throws(
+      () => createTracker({ cf: { dist: 'E' }, redis: { url: 'redis://:hunter2@[bad' } }),
+      (err) => err.code === 'ERR_INVALID_ARG_VALUE' && !err.message.includes('hunter2') && !err.message.includes('\u0001')
+    )
+    assert.throws(
+      () => createTracker({ cf: { dist: 'E' }, redis: 'http://:hunter2@redis.internal:6379' }),
+      (err) => err.code === 'ERR_INVALID_ARG_VALUE' && !err.message.includes('hunter2')
+    )
+  })
+})
+
 describe('module shape', () => {
   it('exports the factory with named exports, from CommonJS and ESM', () => {
     assert.equal(typeof createTracker, 'function')
