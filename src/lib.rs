@@ -347,11 +347,8 @@ impl NativeTracker {
         ttl_in_sec: Option<f64>,
         wildcard: Option<bool>,
     ) -> napi::Result<i64> {
-        guarded_sync(|| {
-            self.inner
-                .track(&url, ttl_in_sec, wildcard.unwrap_or(false))
-        })
-        .map(|w| w as i64)
+        guarded_sync(|| self.inner.track(url, ttl_in_sec, wildcard.unwrap_or(false)))
+            .map(|w| w as i64)
     }
 
     /// Resolves when the URLs of write window `window` are in the store.

@@ -88,15 +88,15 @@ impl Tracker {
     /// with [`Tracker::written`]. Costs a normalisation and a hash insert; the store is written in the background.
     pub fn track(
         self: &Arc<Self>,
-        url: &str,
+        url: String,
         ttl_secs: Option<f64>,
         wildcard: bool,
     ) -> Result<u64> {
         let expires_at = expiry(ttl_secs)?;
         let path = if wildcard {
-            paths::wildcard(url, &self.config.send.rules)?
+            paths::wildcard(&url, &self.config.send.rules)?
         } else {
-            paths::normalize(url, &self.config.send.rules)?
+            paths::normalize_owned(url, &self.config.send.rules)?
         };
         self.start_flusher();
         Ok(self.buffer.push(path, expires_at))
