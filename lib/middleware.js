@@ -129,7 +129,7 @@ function middleware (tracker, options = {}) {
         const url = req.originalUrl || req.url
         // Longer URLs cannot become invalidation paths: left alone without a log line per request.
         if (typeof url === 'string' && url.length > 0 && url.length <= MAX_URL_LENGTH) {
-          res.once('finish', () => done(req, res, url))
+          res.on('finish', () => done(req, res, url)) // emitted once; `on` is cheaper than `once`
         }
       }
     } catch (err) {

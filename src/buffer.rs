@@ -69,7 +69,8 @@ impl WriteBuffer {
             crate::store::memory::add_overflow(&mut p.overflow, &wildcard);
         }
         let window = p.window;
-        let wake = len + 1 == self.threshold;
+        // The first URL of a window starts the writer's clock; a full window wakes it at once.
+        let wake = len == 0 || len + 1 == self.threshold;
         drop(p);
         if wake {
             self.wake.notify_one();
@@ -182,9 +183,22 @@ impl WriteBuffer {
         }
     }
 
-    /// Waits until the flush interval passes or enough URLs are waiting.
+    /// Waits until a URL is pushed into an empty buffer (or the writer is woken to stop).
+    pub async fn work(&self) {
+        self.wake.notified().await;
+    }
+
+    /// Waits until `interval` passes or enough URLs are waiting.
     pub async fn tick(&self, interval: std::time::Duration) {
+        if self.len() >= self.threshold {
+            return;
+        }
         let _ = tokio::time::timeout(interval, self.wake.notified()).await;
+    }
+
+    /// Wakes the writer (e.g. so it notices its tracker is gone).
+    pub fn wake_writer(&self) {
+        self.wake.notify_one();
     }
 }
 

@@ -298,7 +298,7 @@ fn build(
             poll_interval: ms(opts.poll_interval_ms, 10_000),
         },
         max_tracked: opts.max_tracked_urls.map_or(1_000_000, |m| m as usize),
-        flush_interval: ms(opts.flush_interval_ms, 50),
+        flush_interval: ms(opts.flush_interval_ms, 10),
         buffer_capacity: opts.buffer_capacity.map_or(100_000, |c| c.max(1) as usize),
     };
     let cf = CfConfig {

@@ -27,7 +27,7 @@ impl Default for TrackerConfig {
         Self {
             send: SendConfig::default(),
             max_tracked: 1_000_000,
-            flush_interval: Duration::from_millis(50),
+            flush_interval: Duration::from_millis(10),
             buffer_capacity: 100_000,
         }
     }
@@ -108,17 +108,24 @@ impl Tracker {
             let buffer = self.buffer.clone();
             let interval = self.config.flush_interval;
             self.runtime.spawn(async move {
+                // Idle, the writer sleeps until a URL arrives; then it gathers for one interval (less when the
+                // buffer fills) and writes everything in one go. After a failure it retries with backoff.
                 let mut backoff = interval;
+                let mut retrying = false;
                 loop {
+                    if !retrying {
+                        buffer.work().await;
+                    }
                     buffer.tick(backoff).await;
                     let Some(tracker) = weak.upgrade() else { break };
                     if tracker.buffer.is_empty() {
-                        backoff = interval;
+                        (backoff, retrying) = (interval, false);
                         continue;
                     }
                     match tracker.write_buffer().await {
-                        Ok(()) => backoff = interval,
+                        Ok(()) => (backoff, retrying) = (interval, false),
                         Err(e) => {
+                            retrying = true;
                             tracker.log.warn(&format!(
                                 "could not write {} tracked URLs to the {} store, will retry: {e}",
                                 tracker.buffer.len(),
@@ -215,5 +222,12 @@ impl Tracker {
     /// The status of one invalidation of the tracker's distribution.
     pub async fn invalidation_status(&self, id: &str) -> Result<String> {
         Ok(self.cf.invalidation_status(id).await?)
+    }
+}
+
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        // The background writer holds only the buffer: wake it so it sees the tracker is gone and ends.
+        self.buffer.wake_writer();
     }
 }

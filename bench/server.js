@@ -1,0 +1,46 @@
+'use strict'
+
+// Child process: an Express app on 127.0.0.1 with one cacheable GET route, with or without the tracker's middleware.
+// Arguments (JSON): { middleware: boolean, redisUrl, endpoint, dist }. Sends { type: 'listening', port }, serves
+// until told { type: 'stop' }, then reports how many requests it served and the CPU time it used.
+
+const { REPO_ROOT } = require('./lib')
+
+const args = JSON.parse(process.argv[2] ?? '{}')
+const express = require('express')
+
+const app = express()
+app.disable('x-powered-by')
+app.disable('etag')
+let tracker = null
+if (args.middleware) {
+  const createTracker = require(REPO_ROOT)
+  tracker = createTracker({ cf: { dist: args.dist, endpoint: args.endpoint }, redis: { url: args.redisUrl }, logger: false })
+  app.use(tracker.middleware())
+}
+let served = 0
+app.get('/catalog/:item', (req, res) => {
+  served++
+  res.set('Cache-Control', 'public, max-age=300')
+  res.type('html').send('<p>ok</p>')
+})
+
+let cpuAtStart
+const server = app.listen(0, '127.0.0.1', () => {
+  cpuAtStart = process.cpuUsage()
+  process.send({ type: 'listening', port: server.address().port })
+})
+server.on('error', (err) => {
+  process.send({ type: 'error', message: err.stack }, () => process.exit(1))
+})
+
+process.on('message', async (msg) => {
+  if (msg.type !== 'stop') return
+  // CPU of the whole process (every thread, the tracker's included) while it served.
+  const cpu = process.cpuUsage(cpuAtStart)
+  server.closeAllConnections()
+  await new Promise((resolve) => server.close(resolve))
+  if (tracker) await tracker.disconnect().catch(() => {})
+  process.send({ type: 'result', served, cpuMicros: cpu.user + cpu.system }, () => process.exit(0))
+})
+process.on('disconnect', () => process.exit(0))
