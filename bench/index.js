@@ -58,7 +58,7 @@ const FULL = {
     { workload: 'unique', depth: 1, tracker: 1_000_000, baseline: 200_000 },
     { workload: 'unique', depth: 4, tracker: 1_000_000, baseline: 200_000 }
   ],
-  express: { warmupSec: 1, rounds: 5, roundSec: 1, connections: 10 },
+  express: { warmupSec: 2, rounds: 9, roundSec: 2, connections: 10 },
   send: [100_000, 1_000_000],
   childTimeoutMs: 300_000
 }

@@ -5,6 +5,7 @@ use crate::error::{Error, Result};
 use crate::store::{Entry, PutOutcome, Store};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
 
 /// How far the buffer has reached the store.
@@ -22,7 +23,14 @@ struct Pending {
     entries: HashMap<String, Option<u64>>,
     overflow: BTreeSet<String>,
     window: u64,
+    /// Calls so far, to tell a pause from a steady stream of repeated URLs.
+    calls: u64,
 }
+
+/// How often a gathering writer looks at the buffer.
+const GATHER_STEP: Duration = Duration::from_millis(1);
+/// A burst of at least this many URLs is written as soon as calls pause, without waiting out the interval.
+const BURST: usize = 256;
 
 /// A bounded, deduplicating buffer of URLs on their way to the store.
 pub struct WriteBuffer {
@@ -69,6 +77,7 @@ impl WriteBuffer {
             crate::store::memory::add_overflow(&mut p.overflow, &wildcard);
         }
         let window = p.window;
+        p.calls += 1;
         // The first URL of a window starts the writer's clock; a full window wakes it at once.
         let wake = len == 0 || len + 1 == self.threshold;
         drop(p);
@@ -188,12 +197,24 @@ impl WriteBuffer {
         self.wake.notified().await;
     }
 
-    /// Waits until `interval` passes or enough URLs are waiting.
-    pub async fn tick(&self, interval: std::time::Duration) {
-        if self.len() >= self.threshold {
-            return;
+    /// Gathers URLs before a write: returns when the buffer is full, when a burst of calls has stopped (its caller is
+    /// likely waiting for it), or when `interval` has passed. A burst is written within a millisecond or two of its
+    /// end; a steady stream or a trickle of calls once per interval.
+    pub async fn tick(&self, interval: Duration) {
+        let deadline = Instant::now() + interval;
+        let mut last = self.len();
+        while Instant::now() < deadline {
+            if last >= self.threshold {
+                return;
+            }
+            tokio::time::sleep(GATHER_STEP.min(deadline.saturating_duration_since(Instant::now())))
+                .await;
+            let now = self.len();
+            if now == last && now >= BURST {
+                return;
+            }
+            last = now;
         }
-        let _ = tokio::time::timeout(interval, self.wake.notified()).await;
     }
 
     /// Wakes the writer (e.g. so it notices its tracker is gone).
@@ -206,6 +227,27 @@ impl WriteBuffer {
 mod tests {
     use super::*;
     use crate::store::memory::MemoryStore;
+
+    #[tokio::test]
+    async fn a_paused_burst_is_written_at_once_and_a_trickle_waits_for_the_interval() {
+        let buf = WriteBuffer::new(100_000, 10_000);
+        for i in 0..BURST {
+            buf.push(format!("/{i}"), None);
+        }
+        let started = Instant::now();
+        buf.tick(Duration::from_millis(500)).await;
+        assert!(
+            started.elapsed() < Duration::from_millis(250),
+            "{:?}",
+            started.elapsed()
+        );
+
+        let small = WriteBuffer::new(100_000, 10_000);
+        small.push("/one".into(), None);
+        let started = Instant::now();
+        small.tick(Duration::from_millis(40)).await;
+        assert!(started.elapsed() >= Duration::from_millis(40));
+    }
 
     #[tokio::test]
     async fn duplicates_collapse_and_latest_ttl_wins() {

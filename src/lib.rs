@@ -102,7 +102,7 @@ pub struct NativeOptions {
     pub poll_interval_ms: Option<u32>,
     /// Lease of a send's claim, in ms.
     pub lease_ms: Option<u32>,
-    /// Write-behind interval, in ms.
+    /// Longest time URLs gather before they are written, in ms.
     pub flush_interval_ms: Option<u32>,
     /// Most distinct URLs buffered in memory.
     pub buffer_capacity: Option<u32>,
@@ -298,7 +298,7 @@ fn build(
             poll_interval: ms(opts.poll_interval_ms, 10_000),
         },
         max_tracked: opts.max_tracked_urls.map_or(1_000_000, |m| m as usize),
-        flush_interval: ms(opts.flush_interval_ms, 10),
+        flush_interval: ms(opts.flush_interval_ms, 50),
         buffer_capacity: opts.buffer_capacity.map_or(100_000, |c| c.max(1) as usize),
     };
     let cf = CfConfig {

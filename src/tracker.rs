@@ -27,7 +27,7 @@ impl Default for TrackerConfig {
         Self {
             send: SendConfig::default(),
             max_tracked: 1_000_000,
-            flush_interval: Duration::from_millis(10),
+            flush_interval: Duration::from_millis(50),
             buffer_capacity: 100_000,
         }
     }
@@ -108,8 +108,8 @@ impl Tracker {
             let buffer = self.buffer.clone();
             let interval = self.config.flush_interval;
             self.runtime.spawn(async move {
-                // Idle, the writer sleeps until a URL arrives; then it gathers for one interval (less when the
-                // buffer fills) and writes everything in one go. After a failure it retries with backoff.
+                // Idle, the writer sleeps until a URL arrives; then it gathers (see `WriteBuffer::tick`) and writes
+                // everything in one go. After a failure it retries with backoff.
                 let mut backoff = interval;
                 let mut retrying = false;
                 loop {

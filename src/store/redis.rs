@@ -83,19 +83,26 @@ impl Keys {
     }
 }
 
-// KEYS: urls. ARGV: now, most tracked, then (path, score) pairs. Tracks each path (or updates its expiry) while fewer
-// than `max` are tracked; returns the paths that did not fit, for the caller to cover with overflow wildcards.
+// KEYS: urls. ARGV: now, most tracked, then (score, path) pairs. Tracks each path (or updates its expiry) while fewer
+// than `max` are tracked; returns the paths that did not fit, for the caller to cover with overflow wildcards. When
+// all fit (the usual case) they go in a few variadic ZADDs rather than one command per path.
 static PUT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local now, max = ARGV[1], tonumber(ARGV[2])
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 local n = redis.call('ZCARD', KEYS[1])
+if n + (#ARGV - 2) / 2 <= max then
+  for i = 3, #ARGV, 1000 do
+    redis.call('ZADD', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))
+  end
+  return {}
+end
 local over = {}
 for i = 3, #ARGV, 2 do
-  local path = ARGV[i]
+  local path = ARGV[i + 1]
   if n < max or redis.call('ZSCORE', KEYS[1], path) then
-    n = n + redis.call('ZADD', KEYS[1], ARGV[i + 1], path)
+    n = n + redis.call('ZADD', KEYS[1], ARGV[i], path)
   else
     over[#over + 1] = path
   end
@@ -331,7 +338,7 @@ impl Store for RedisStore {
             let mut inv = PUT.prepare_invoke();
             inv.key(&self.keys.urls).arg(&now).arg(max_tracked);
             for e in chunk {
-                inv.arg(&e.path).arg(score(e.expires_at));
+                inv.arg(score(e.expires_at)).arg(&e.path);
             }
             async move { inv.invoke_async::<Vec<String>>(&mut con).await }
         });
