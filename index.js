@@ -12,6 +12,10 @@ function checkUrl (url, name = 'url') {
   if (url.length === 0) throw argValue(name, 'must not be empty', url)
 }
 
+function isArgumentError (err) {
+  return err.code === 'ERR_INVALID_ARG_VALUE' || err.code === 'ERR_INVALID_ARG_TYPE'
+}
+
 function checkTtl (ttl, name = 'ttlInSec') {
   if (typeof ttl !== 'number') throw argType(name, 'of type number', ttl)
   if (!Number.isFinite(ttl) || ttl < 0) throw argValue(name, 'must be a finite number >= 0', ttl)
@@ -78,7 +82,6 @@ class Tracker {
    * junk must not flood the log); the returned promise still rejects.
    */
   _track (url, ttlInSec, quietArgs = false) {
-    const quiet = quietArgs ? (err) => err.code === 'ERR_INVALID_ARG_VALUE' || err.code === 'ERR_INVALID_ARG_TYPE' : undefined
     let window
     try {
       checkUrl(url)
@@ -96,7 +99,7 @@ class Tracker {
       }
       window = this._native.track(url, ttl, wildcard)
     } catch (err) {
-      return this._settle('storeUrl', Promise.reject(fromNative(err)), quiet)
+      return this._settle('storeUrl', Promise.reject(fromNative(err)), quietArgs ? isArgumentError : undefined)
     }
     if (window !== this._window) {
       this._window = window

@@ -7,7 +7,6 @@ const { argType, argValue } = require('./errors')
 const DEFAULT_METHODS = ['GET', 'HEAD']
 /** The longest URL worth tracking: CloudFront's limit for an invalidation path. */
 const MAX_URL_LENGTH = 4000
-const SEEN = Symbol('cf-invalidation-tracker.seen')
 const UNCACHEABLE = /(?:^|,)\s*(?:no-store|private)\s*(?:[=,]|$)/i
 
 /** True when the request came through CloudFront (`X-Amz-Cf-Id`, a CloudFront `Via`, or its User-Agent). */
@@ -99,10 +98,11 @@ function middleware (tracker, options = {}) {
       if (logger) logger.error(`cf-invalidation-tracker: middleware failed: ${err && err.message}`)
     } catch {}
   }
-  // A URL from the internet that cannot become a path is the client's junk, not our failure: not logged.
+  // A URL from the internet that cannot become a path is the client's junk, not our failure: not logged. A Tracker's
+  // promises are handled already (one shared promise per write window: no handler is added per request).
   const track = typeof tracker._track === 'function'
-    ? (url, seconds) => tracker._track(url, seconds, true)
-    : (url, seconds) => tracker.storeUrl(url, seconds)
+    ? (url, seconds) => { tracker._track(url, seconds, true) }
+    : (url, seconds) => handled(tracker.storeUrl(url, seconds))
 
   function done (req, res, url) {
     try {
@@ -116,7 +116,7 @@ function middleware (tracker, options = {}) {
       }
       if (forbidsSharedCache(res)) return
       const seconds = typeof ttl === 'function' ? ttl(req, res) : ttl
-      handled(track(url, seconds === null || seconds === 0 ? undefined : seconds))
+      track(url, seconds === null || seconds === 0 ? undefined : seconds)
     } catch (err) {
       report(err)
     }
@@ -124,8 +124,7 @@ function middleware (tracker, options = {}) {
 
   return function cfInvalidationTracker (req, res, next) {
     try {
-      if (!req[SEEN] && methods.has(req.method) && (!onlyCloudFront || fromCloudFront(req))) {
-        req[SEEN] = true
+      if (methods.has(req.method) && (!onlyCloudFront || fromCloudFront(req))) {
         const url = req.originalUrl || req.url
         // Longer URLs cannot become invalidation paths: left alone without a log line per request.
         if (typeof url === 'string' && url.length > 0 && url.length <= MAX_URL_LENGTH) {
