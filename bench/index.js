@@ -373,7 +373,7 @@ function report ({ mode, cloudfront, settings, machineLines, calls, express, sen
         `baseline ${int(r.baseline.n)} in ${r.baseline.seconds.toFixed(2)} s`).join('; ') + '.')
     notes.push('- Redis commands: `INFO commandstats` summed after `CONFIG RESETSTAT`, scaled to 1M calls. "Sent": ' +
       'commands the client sends (the tracker sends one script call per 2,000 buffered URLs); "executed": with the ' +
-      'commands its Lua script runs inside Redis (a ZADD per distinct URL per write, plus a few per script call).')
+      'commands its Lua script runs inside Redis (a variadic ZADD per 500 URLs, plus a few per script call).')
   }
 
   if (express) {

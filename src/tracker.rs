@@ -66,7 +66,9 @@ impl Tracker {
         log: Arc<dyn Log>,
         runtime: tokio::runtime::Handle,
     ) -> Arc<Self> {
-        let threshold = (config.buffer_capacity / 4).clamp(1, 10_000);
+        // A write carries at most this many URLs before the writer goes: big enough to batch, small enough that a
+        // burst is written while it is still coming in.
+        let threshold = (config.buffer_capacity / 4).clamp(1, 2_000);
         Arc::new(Self {
             store,
             cf: CloudFront::new(cf),
