@@ -31,6 +31,8 @@ struct Pending {
 const GATHER_STEP: Duration = Duration::from_millis(1);
 /// A burst of at least this many URLs is written as soon as calls pause, without waiting out the interval.
 const BURST: usize = 256;
+/// Calls per gathering step that make a burst (about 250,000 a second); a server's steady stream is far below.
+const BURST_RATE: u64 = 256;
 
 /// A bounded, deduplicating buffer of URLs on their way to the store.
 pub struct WriteBuffer {
@@ -199,21 +201,33 @@ impl WriteBuffer {
 
     /// Gathers URLs before a write: returns when the buffer is full, when a burst of calls has stopped (its caller is
     /// likely waiting for it), or when `interval` has passed. A burst is written within a millisecond or two of its
-    /// end; a steady stream or a trickle of calls once per interval.
+    /// end; a steady stream or a trickle of calls once per interval, with the writer asleep in between.
     pub async fn tick(&self, interval: Duration) {
         let deadline = Instant::now() + interval;
-        let mut last = self.len();
-        while Instant::now() < deadline {
-            if last >= self.threshold {
+        let progress = || {
+            let p = self.lock();
+            (p.calls, p.entries.len())
+        };
+        let (mut calls, mut len) = progress();
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if len >= self.threshold || left.is_zero() {
                 return;
             }
-            tokio::time::sleep(GATHER_STEP.min(deadline.saturating_duration_since(Instant::now())))
-                .await;
-            let now = self.len();
-            if now == last && now >= BURST {
+            tokio::time::sleep(GATHER_STEP.min(left)).await;
+            let now = progress();
+            let new_calls = now.0 - calls;
+            if new_calls == 0 && now.1 >= BURST {
+                // A burst just ended.
                 return;
             }
-            last = now;
+            if new_calls < BURST_RATE {
+                // Not a burst: sleep out the interval, unless the buffer fills.
+                let left = deadline.saturating_duration_since(Instant::now());
+                let _ = tokio::time::timeout(left, self.wake.notified()).await;
+                return;
+            }
+            (calls, len) = now;
         }
     }
 
@@ -244,6 +258,7 @@ mod tests {
 
         let small = WriteBuffer::new(100_000, 10_000);
         small.push("/one".into(), None);
+        small.work().await; // as the writer does: the first URL wakes it
         let started = Instant::now();
         small.tick(Duration::from_millis(40)).await;
         assert!(started.elapsed() >= Duration::from_millis(40));
