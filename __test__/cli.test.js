@@ -6,35 +6,18 @@ const { test, describe, before, after } = require('node:test')
 const assert = require('node:assert/strict')
 const path = require('node:path')
 const fs = require('node:fs')
-const { spawn } = require('node:child_process')
 
 const { startRedis, startMoto, awsTestEnv } = require('./helpers/services')
 const { parseCli, cfFromEnv, redactor, UsageError } = require('../lib/cli-config')
 const { Progress } = require('../bin/cf-invalidation-tracker')
 
+const { runNode } = require('./helpers/run')
+
 const BIN = path.join(__dirname, '..', 'bin', 'cf-invalidation-tracker.js')
-const RUN_TIMEOUT_MS = 60_000
 
 /** Runs the CLI with exactly `env` (plus PATH); resolves `{ code, stdout, stderr }`. */
 function run (args, env = {}, input) {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [BIN, ...args], {
-      env: { PATH: process.env.PATH, ...env },
-      stdio: ['pipe', 'pipe', 'pipe']
-    })
-    let stdout = ''
-    let stderr = ''
-    child.stdout.on('data', (c) => { stdout += c })
-    child.stderr.on('data', (c) => { stderr += c })
-    const timer = setTimeout(() => child.kill('SIGKILL'), RUN_TIMEOUT_MS)
-    child.on('error', reject)
-    child.on('close', (code, signal) => {
-      clearTimeout(timer)
-      if (signal) reject(new Error(`cli ${args.join(' ')} killed by ${signal}\n${stderr}`))
-      else resolve({ code, stdout, stderr })
-    })
-    child.stdin.end(input ?? '')
-  })
+  return runNode(BIN, args, { env, input: input ?? '' })
 }
 
 /** Asserts a failure: `code`, nothing on stdout (unless `stdout` allowed) and one line on stderr matching `re`. */

@@ -6,34 +6,17 @@
 const { test, describe, before, after } = require('node:test')
 const assert = require('node:assert/strict')
 const path = require('node:path')
-const { spawn } = require('node:child_process')
 
 const createTracker = require('..')
 const { startRedis, startMoto, awsTestEnv } = require('./helpers/services')
+const { runNode } = require('./helpers/run')
 
 const EXAMPLES = path.join(__dirname, '..', 'examples')
 const TRACKED = ['/', '/about', '/images/logo.png?v=3', '/old-home', '/products/42']
-const RUN_TIMEOUT_MS = 60_000
 
 /** Runs an example with exactly `env` (plus PATH); resolves `{ code, stdout, stderr }`. */
 function runExample (file, env = {}) {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [path.join(EXAMPLES, file)], {
-      env: { PATH: process.env.PATH, ...env },
-      stdio: ['ignore', 'pipe', 'pipe']
-    })
-    let stdout = ''
-    let stderr = ''
-    child.stdout.on('data', (c) => { stdout += c })
-    child.stderr.on('data', (c) => { stderr += c })
-    const timer = setTimeout(() => child.kill('SIGKILL'), RUN_TIMEOUT_MS)
-    child.on('error', reject)
-    child.on('close', (code, signal) => {
-      clearTimeout(timer)
-      if (signal) reject(new Error(`${file} killed by ${signal}\n${stdout}\n${stderr}`))
-      else resolve({ code, stdout, stderr })
-    })
-  })
+  return runNode(path.join(EXAMPLES, file), [], { env })
 }
 
 /** The indented lines under the heading that starts with `heading`. */
