@@ -9,6 +9,7 @@ const createTracker = require('..')
 const { invalidateS3Event, findDistributionByOrigin } = createTracker
 const { isBucketOrigin, keyToPath } = require('../lib/s3')
 const { startMoto, useAwsTestEnv } = require('./helpers/services')
+const { startFakeCloudFront } = require('./helpers/fake-cloudfront')
 
 /** An S3 notification record, as S3 sends it (the key URL-encoded, '+' for space). */
 function record (bucket, key, eventName = 'ObjectCreated:Put') {
@@ -141,5 +142,36 @@ describe('invalidateS3Event and findDistributionByOrigin (moto)', () => {
       assert.equal(err.reports[0].kept, 1)
       return true
     })
+  })
+})
+
+describe('a redelivered S3 event', () => {
+  test('is not billed twice: batches accepted the first time come back under the same CallerReference', async () => {
+    const restore = useAwsTestEnv()
+    const fake = await startFakeCloudFront({ distributions: [{ id: 'ES3RETRY', originDomain: 'retry-bucket.s3.amazonaws.com' }] })
+    try {
+      const event = {
+        Records: ['a.jpg', 'b.jpg', 'c.jpg'].map((key, i) => ({
+          eventName: 'ObjectCreated:Put',
+          eventTime: '2026-11-23T18:00:00.000Z',
+          s3: { bucket: { name: 'retry-bucket' }, object: { key, sequencer: `00${i}` } }
+        }))
+      }
+      const options = { cf: { endpoint: fake.endpoint }, batchSize: 1, logger: false }
+      fake.fail('accessDenied', { after: 1 }) // the first batch goes through, then the handler fails
+      await assert.rejects(invalidateS3Event(event, options), { code: 'ERR_CFIT_CLOUDFRONT' })
+      const [report] = await invalidateS3Event(event, options) // Lambda's retry
+      assert.equal(report.paths, 3)
+      const invalidations = fake.invalidations('ES3RETRY')
+      assert.equal(invalidations.length, 3, 'the first batch was not created again')
+      assert.deepEqual(fake.pathsReceived('ES3RETRY').sort(), ['/a.jpg', '/b.jpg', '/c.jpg'])
+      // A different event with the same keys is new work: invalidated again.
+      const later = { Records: event.Records.map((r) => ({ ...r, eventTime: '2026-11-23T19:00:00.000Z' })) }
+      await invalidateS3Event(later, options)
+      assert.equal(fake.invalidations('ES3RETRY').length, 6)
+    } finally {
+      await fake.stop()
+      restore()
+    }
   })
 })

@@ -136,6 +136,11 @@ function parseOptions (options, env = process.env) {
     if (!/^[^/?#*]+$/.test(index)) throw argValue('options.indexDocument', "must be a file name such as 'index.html'", index)
     native.indexDocument = index
   }
+  // Internal (invalidateS3Event): a replayed event gets the same CallerReferences, so it is not billed twice.
+  if (options._claimName !== undefined) {
+    if (typeof options._claimName !== 'string' || native.store !== 'memory') throw argType('options._claimName', 'a string, with the memory store', options._claimName)
+    native.claimName = options._claimName
+  }
   return { native, logger: parseLogger(options.logger), dispatch }
 }
 

@@ -4,12 +4,13 @@
 // whose origin is the bucket. Made for a Lambda function subscribed to the bucket's ObjectCreated/ObjectRemoved
 // events, directly or through SNS or SQS.
 
+const crypto = require('node:crypto')
 const { argType } = require('./errors')
 
 /** The distribution id the lookup tracker is built with: listing distributions does not use it. */
 const LOOKUP_DIST = 'LOOKUP'
 
-const OPTION_KEYS_NOT_PASSED = new Set(['cf', 'logger', 'wait', 'store', 'redis'])
+const OPTION_KEYS_NOT_PASSED = new Set(['cf', 'logger', 'wait', 'store', 'redis', '_claimName'])
 
 function isObject (v) {
   return v !== null && typeof v === 'object' && !Array.isArray(v)
@@ -119,6 +120,15 @@ function keyToPath (key) {
   return '/' + decoded.replace(/%/g, '%25').replace(/\?/g, '%3F').replace(/#/g, '%23')
 }
 
+/** A name for this event, the same each time it is delivered: a digest of its records. */
+function eventName (event) {
+  const identity = s3Records(event).map((r) => [
+    r.eventName, r.eventTime, r.s3.bucket && r.s3.bucket.name, r.s3.object && r.s3.object.key,
+    r.s3.object && r.s3.object.sequencer
+  ])
+  return 's3-' + crypto.createHash('sha256').update(JSON.stringify(identity)).digest('hex').slice(0, 16)
+}
+
 /** `{ bucket: Set(paths) }` for the ObjectCreated and ObjectRemoved records of `event`. */
 function pathsByBucket (event) {
   const out = new Map()
@@ -174,8 +184,11 @@ async function invalidateS3Event (event, options) {
     }
   }
 
+  // Lambda delivers an event again when its handler failed: the same event makes the same claims, hence the same
+  // CallerReferences, so CloudFront returns what it accepted the first time instead of billing it again.
+  const claimName = eventName(event)
   const sends = [...plan].map(async ([id, { paths, buckets }]) => {
-    const tracker = createTracker({ ...trackerOptions, cf: { ...cf, dist: id }, store: 'memory://', logger })
+    const tracker = createTracker({ ...trackerOptions, cf: { ...cf, dist: id }, store: 'memory://', logger, _claimName: claimName })
     for (const p of paths) tracker.storeUrl(p)
     try {
       const report = await tracker.sendInvalidation({ wait })

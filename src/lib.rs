@@ -106,6 +106,8 @@ pub struct NativeOptions {
     pub flush_interval_ms: Option<u32>,
     /// Most distinct URLs buffered in memory.
     pub buffer_capacity: Option<u32>,
+    /// Names the memory store's claims after a piece of work replayed on failure (S3 events).
+    pub claim_name: Option<String>,
 }
 
 /// One line for the logger.
@@ -255,7 +257,10 @@ fn build(
         index_document: opts.index_document.filter(|s| !s.is_empty()),
     };
     let store: Arc<dyn Store> = match opts.store.as_str() {
-        "memory" => Arc::new(MemoryStore::new()),
+        "memory" => Arc::new(match opts.claim_name {
+            Some(name) => MemoryStore::with_claim_names(name),
+            None => MemoryStore::new(),
+        }),
         "redis" => {
             let mut cfg = RedisConfig::new(
                 opts.redis_url

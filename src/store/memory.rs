@@ -24,6 +24,7 @@ struct State {
     overflow: BTreeSet<String>,
     claims: BTreeMap<String, MemClaim>,
     billed: HashMap<String, u64>,
+    claims_made: u64,
 }
 
 impl State {
@@ -36,12 +37,24 @@ impl State {
 #[derive(Default)]
 pub struct MemoryStore {
     state: Mutex<State>,
+    /// Names claims `<name>-<n>` instead of at random (see [`MemoryStore::with_claim_names`]).
+    claim_names: Option<String>,
 }
 
 impl MemoryStore {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty store whose claims are named `<name>-0`, `<name>-1`, … For a short-lived tracker that replays one
+    /// piece of work (an S3 event Lambda may deliver again): the same work gets the same CallerReferences, so what
+    /// CloudFront accepted the first time is not billed again.
+    pub fn with_claim_names(name: String) -> Self {
+        Self {
+            claim_names: Some(name),
+            ..Self::default()
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -137,7 +150,11 @@ impl Store for MemoryStore {
             }
         }
         if !state.urls.is_empty() || !state.overflow.is_empty() {
-            let id = new_claim_id();
+            let id = match &self.claim_names {
+                Some(name) => format!("{name}-{}", state.claims_made),
+                None => new_claim_id(),
+            };
+            state.claims_made += 1;
             let urls = std::mem::take(&mut state.urls);
             let overflow = std::mem::take(&mut state.overflow);
             claims.push(Claim {
