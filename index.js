@@ -1,11 +1,10 @@
 'use strict'
 
 const { NativeTracker } = require('./binding.js')
-const { parseOptions } = require('./lib/options')
+const { parseOptions, MAX_URL_LENGTH } = require('./lib/options')
 const { Store } = require('./lib/store')
 const { argType, argValue, fromNative, fromCoded } = require('./lib/errors')
 
-const MAX_URL_LENGTH = 4000
 
 function checkUrl (url, name = 'url') {
   if (typeof url !== 'string') throw argType(name, 'of type string', url)

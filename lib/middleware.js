@@ -3,10 +3,9 @@
 // Express/connect middleware: tracks the URL of every cacheable response once it has been sent.
 
 const { argType, argValue } = require('./errors')
+const { MAX_URL_LENGTH } = require('./options')
 
 const DEFAULT_METHODS = ['GET', 'HEAD']
-/** The longest URL worth tracking: CloudFront's limit for an invalidation path. */
-const MAX_URL_LENGTH = 4000
 const UNCACHEABLE = /(?:^|,)\s*(?:no-store|private)\s*(?:[=,]|$)/i
 
 /** True when the request came through CloudFront (`X-Amz-Cf-Id`, a CloudFront `Via`, or its User-Agent). */

@@ -8,6 +8,8 @@ const { missingMethods, optionalMethods, dispatcher } = require('./store')
 
 const MISSING_CF = 'Missing CloudFront secret key, access key, or distribution ID'
 const UINT32_MAX = 0xffffffff
+/** CloudFront's longest invalidation path; a longer URL cannot be tracked. */
+const MAX_URL_LENGTH = 4000
 
 function isObject (v) {
   return v !== null && typeof v === 'object' && !Array.isArray(v)
@@ -144,4 +146,4 @@ function parseOptions (options, env = process.env) {
   return { native, logger: parseLogger(options.logger), dispatch }
 }
 
-module.exports = { parseOptions, redisUrl, MISSING_CF }
+module.exports = { parseOptions, redisUrl, MISSING_CF, MAX_URL_LENGTH }

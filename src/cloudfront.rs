@@ -146,6 +146,32 @@ pub struct InProgress {
     pub wildcards: usize,
 }
 
+impl InProgress {
+    /// The paths and wildcards of a list of invalidation paths.
+    pub fn of<S: AsRef<str>>(paths: &[S]) -> Self {
+        let wildcards = paths
+            .iter()
+            .filter(|p| crate::paths::is_wildcard(p.as_ref()))
+            .count();
+        Self {
+            paths: paths.len() - wildcards,
+            wildcards,
+        }
+    }
+
+    /// True when `more` still fits within CloudFront's in-progress limits on top of this.
+    pub fn has_room_for(&self, more: &InProgress) -> bool {
+        self.paths + more.paths <= MAX_IN_PROGRESS_PATHS
+            && self.wildcards + more.wildcards <= MAX_IN_PROGRESS_WILDCARDS
+    }
+
+    /// Counts `more` as in progress too.
+    pub fn add(&mut self, more: &InProgress) {
+        self.paths += more.paths;
+        self.wildcards += more.wildcards;
+    }
+}
+
 /// One distribution, as found by `list_distributions`.
 #[derive(Clone, Debug)]
 pub struct DistributionInfo {
@@ -301,13 +327,7 @@ impl CloudFront {
                 .and_then(|b| b.paths())
                 .map(|p| p.items())
                 .unwrap_or_default();
-            for p in paths {
-                if crate::paths::is_wildcard(p) {
-                    total.wildcards += 1;
-                } else {
-                    total.paths += 1;
-                }
-            }
+            total.add(&InProgress::of(paths));
         }
         Ok(total)
     }

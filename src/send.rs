@@ -2,8 +2,7 @@
 //! accepted, and say what happened.
 
 use crate::cloudfront::{
-    is_completed, CfFailure, CloudFront, InProgress, MAX_IN_PROGRESS_PATHS,
-    MAX_IN_PROGRESS_WILDCARDS,
+    is_completed, CfFailure, CloudFront, InProgress, MAX_IN_PROGRESS_WILDCARDS,
 };
 use crate::error::{Error, Result};
 use crate::paths::{self, PathRules, QueryStrings};
@@ -132,23 +131,14 @@ pub fn plan(
     });
     if !variants && urls.len() + wildcards.len() <= budget {
         // The usual case: each tracked URL is its own path, moved into its batch, not copied.
-        let mut batches = Vec::with_capacity(urls.len().div_ceil(cfg.batch_size) + 1);
-        let mut current: Vec<String> = Vec::new();
-        let mut wild = 0;
+        let mut packer = Packer::new(cfg.batch_size);
         for url in urls {
-            let is_wild = paths::is_wildcard(&url);
-            if current.len() == cfg.batch_size || (is_wild && wild == MAX_IN_PROGRESS_WILDCARDS) {
-                batches.push(PlannedBatch::plain(std::mem::take(&mut current)));
-                wild = 0;
-            }
-            wild += usize::from(is_wild);
-            current.push(url);
+            packer.push(vec![url], None);
         }
-        if !current.is_empty() {
-            batches.push(PlannedBatch::plain(current));
+        for unit in wildcards {
+            packer.push(unit.paths, Some(unit.covers));
         }
-        batches.extend(pack(wildcards.collect(), cfg.batch_size));
-        return (batches, false);
+        return (packer.finish(), false);
     }
     let mut units: Vec<Unit> = Vec::with_capacity(urls.len());
     // Path -> unit, so a form already sent for one URL is not sent again for another.
@@ -188,32 +178,60 @@ pub fn plan(
 
 /// Packs units into batches of at most `batch_size` paths and at most 15 wildcards each.
 fn pack(units: Vec<Unit>, batch_size: usize) -> Vec<PlannedBatch> {
-    let mut batches: Vec<PlannedBatch> = Vec::new();
-    let mut paths: Vec<String> = Vec::new();
-    let mut covers: Vec<String> = Vec::new();
-    let mut wild = 0;
+    let mut packer = Packer::new(batch_size);
     for unit in units {
-        let unit_wild = unit.paths.iter().filter(|p| paths::is_wildcard(p)).count();
-        let full = paths.len() + unit.paths.len() > batch_size
-            || wild + unit_wild > MAX_IN_PROGRESS_WILDCARDS;
-        if full && !paths.is_empty() {
-            batches.push(PlannedBatch {
-                paths: std::mem::take(&mut paths),
-                covers: Some(std::mem::take(&mut covers)),
-            });
-            wild = 0;
+        packer.push(unit.paths, Some(unit.covers));
+    }
+    packer.finish()
+}
+
+/// Fills batches in order: at most `batch_size` paths and at most 15 wildcards each, a unit's paths kept together.
+/// A unit without covers is its own tracked URL; a batch made only of such units keeps no separate covers.
+struct Packer {
+    batch_size: usize,
+    batches: Vec<PlannedBatch>,
+    current: PlannedBatch,
+    load: InProgress,
+}
+
+impl Packer {
+    fn new(batch_size: usize) -> Self {
+        Self {
+            batch_size,
+            batches: Vec::new(),
+            current: PlannedBatch::default(),
+            load: InProgress::default(),
         }
-        wild += unit_wild;
-        paths.extend(unit.paths);
-        covers.extend(unit.covers);
     }
-    if !paths.is_empty() {
-        batches.push(PlannedBatch {
-            paths,
-            covers: Some(covers),
-        });
+
+    fn push(&mut self, paths: Vec<String>, covers: Option<Vec<String>>) {
+        let unit = InProgress::of(&paths);
+        let full = self.current.paths.len() + paths.len() > self.batch_size
+            || self.load.wildcards + unit.wildcards > MAX_IN_PROGRESS_WILDCARDS;
+        if full && !self.current.paths.is_empty() {
+            self.batches.push(std::mem::take(&mut self.current));
+            self.load = InProgress::default();
+        }
+        self.load.add(&unit);
+        match (&mut self.current.covers, covers) {
+            (Some(all), Some(more)) => all.extend(more),
+            (None, None) => {}
+            // The first unit with covers of its own: write out those of the plain URLs before it.
+            (current, more) => {
+                let mut all = current.take().unwrap_or_else(|| self.current.paths.clone());
+                all.extend(more.unwrap_or_else(|| paths.clone()));
+                *current = Some(all);
+            }
+        }
+        self.current.paths.extend(paths);
     }
-    batches
+
+    fn finish(mut self) -> Vec<PlannedBatch> {
+        if !self.current.paths.is_empty() {
+            self.batches.push(self.current);
+        }
+        self.batches
+    }
 }
 
 /// The plan when there are more paths than `budget`: the most specific wildcard cover within it.
@@ -289,13 +307,6 @@ pub trait Log: Send + Sync {
     fn warn(&self, msg: &str);
 }
 
-/// A logger that says nothing.
-pub struct Silent;
-impl Log for Silent {
-    fn info(&self, _: &str) {}
-    fn warn(&self, _: &str) {}
-}
-
 struct Sender<'a> {
     store: &'a dyn Store,
     cf: &'a CloudFront,
@@ -345,13 +356,9 @@ impl Sender<'_> {
         paths: &[String],
         retries: &mut u32,
     ) -> Result<bool> {
-        let wild = paths.iter().filter(|p| paths::is_wildcard(p)).count();
-        let files = paths.len() - wild;
+        let need = InProgress::of(paths);
         loop {
-            let fits = |ip: &InProgress| {
-                ip.paths + files <= MAX_IN_PROGRESS_PATHS
-                    && ip.wildcards + wild <= MAX_IN_PROGRESS_WILDCARDS
-            };
+            let fits = |ip: &InProgress| ip.has_room_for(&need);
             if !self.pacing || self.in_progress.as_ref().is_some_and(fits) {
                 return Ok(true);
             }
@@ -411,9 +418,7 @@ impl Sender<'_> {
                 match self.cf.create_invalidation(&chunk, &reference).await {
                     Ok(created) => {
                         if let Some(ip) = self.in_progress.as_mut() {
-                            let wild = chunk.iter().filter(|p| paths::is_wildcard(p)).count();
-                            ip.wildcards += wild;
-                            ip.paths += chunk.len() - wild;
+                            ip.add(&InProgress::of(&chunk));
                         }
                         accepted.push((created.id, reference.clone()));
                         backoff = Duration::from_millis(200);
@@ -778,6 +783,14 @@ mod tests {
         let mut covered: Vec<&String> = batches.iter().flat_map(|b| b.covered()).collect();
         covered.sort();
         assert_eq!(covered, ["/a", "/docs/", "/docs/index.html"]);
+    }
+
+    #[test]
+    fn overflow_wildcards_ride_with_plain_urls_but_cover_nothing() {
+        let (batches, _) = plan(urls(3), vec!["/img/*".into()], &SendConfig::default());
+        assert_eq!(batches.len(), 1);
+        assert_eq!(batches[0].paths.len(), 4);
+        assert_eq!(batches[0].covered(), &urls(3)[..]);
     }
 
     #[test]
