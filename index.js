@@ -15,6 +15,23 @@ function isArgumentError (err) {
   return err.code === 'ERR_INVALID_ARG_VALUE' || err.code === 'ERR_INVALID_ARG_TYPE'
 }
 
+// storeUrl calls are gathered here and handed to the native tracker in one call per event-loop turn (or per
+// GATHER_MAX calls), so that a call costs an array push rather than a crossing into native code. A URL that starts
+// with '/' and is at most GATHERABLE_LENGTH long can always become a path (a UTF-16 code unit encodes to at most 9
+// characters, as in '%E2%82%AC'); any other goes through the native call that can refuse it with its own error.
+const GATHER_MAX = 4096
+const GATHERABLE_LENGTH = Math.floor(MAX_URL_LENGTH / 9)
+// How long process exit may block writing what is still buffered.
+const EXIT_FLUSH_MS = 1000
+
+// Live trackers, flushed when the process exits.
+const live = new Set()
+let exitHooked = false
+const forget = new FinalizationRegistry((ref) => live.delete(ref))
+function flushAtExit () {
+  for (const ref of live) ref.deref()?._flushAtExit()
+}
+
 function checkTtl (ttl, name = 'ttlInSec') {
   if (typeof ttl !== 'number') throw argType(name, 'of type number', ttl)
   if (!Number.isFinite(ttl) || ttl < 0) throw argValue(name, 'must be a finite number >= 0', ttl)
@@ -36,6 +53,19 @@ class Tracker {
     }
     this._window = -1
     this._written = null
+    this._urls = []
+    this._lengths = new Uint32Array(GATHER_MAX)
+    this._ttls = new Float64Array(GATHER_MAX)
+    this._gathered = null
+    this._handOver = this._handOver.bind(this)
+    this._handOverPaused = () => this._handOver(true)
+    if (!exitHooked) {
+      process.once('exit', flushAtExit)
+      exitHooked = true
+    }
+    const ref = new WeakRef(this)
+    live.add(ref)
+    forget.register(this, ref)
     for (const m of ['storeUrl', 'setUrlTTL', 'removeUrl', 'listUrls', 'flush', 'disconnect', 'sendInvalidation']) {
       this[m] = this[m].bind(this)
     }
@@ -61,6 +91,7 @@ class Tracker {
   _run (what, fn) {
     let promise
     try {
+      this._handOver()
       promise = Promise.resolve(fn()).catch((err) => { throw fromNative(err) })
     } catch (err) {
       promise = Promise.reject(fromNative(err))
@@ -81,6 +112,16 @@ class Tracker {
    * junk must not flood the log); the returned promise still rejects.
    */
   _track (url, ttlInSec, quietArgs = false) {
+    if (typeof url === 'string' && url.length <= GATHERABLE_LENGTH && url.charCodeAt(0) === 47 /* '/' */) {
+      if (ttlInSec === undefined || ttlInSec === null) return this._gather(url, 0)
+      if (typeof ttlInSec === 'number' && ttlInSec >= 0 && ttlInSec < Infinity) return this._gather(url, ttlInSec)
+    }
+    this._handOver()
+    return this._trackNow(url, ttlInSec, quietArgs)
+  }
+
+  /** storeUrl through its own native call, which validates the URL fully. */
+  _trackNow (url, ttlInSec, quietArgs = false) {
     let window
     try {
       checkUrl(url)
@@ -100,11 +141,69 @@ class Tracker {
     } catch (err) {
       return this._settle('storeUrl', Promise.reject(fromNative(err)), quietArgs ? isArgumentError : undefined)
     }
+    return this._writtenIn(window)
+  }
+
+  /** The promise of write window `window` (one per window, its failure logged once). */
+  _writtenIn (window) {
     if (window !== this._window) {
       this._window = window
       this._written = this._settle('storeUrl', this._native.written(window).catch((err) => { throw fromNative(err) }))
     }
     return this._written
+  }
+
+  /** Adds a call to the gathered ones (TTL 0: none); its promise is the one of its write window. */
+  _gather (url, ttl) {
+    const n = this._urls.length
+    if (n === 0) {
+      let resolve
+      const promise = new Promise((_resolve) => { resolve = _resolve })
+      promise.catch(() => {}) // its window's promise logs the failure
+      this._gathered = { promise, resolve, immediate: setImmediate(this._handOverPaused) }
+    }
+    this._urls.push(url)
+    this._lengths[n] = url.length
+    this._ttls[n] = ttl
+    const { promise } = this._gathered
+    if (n + 1 === GATHER_MAX) this._handOver()
+    return promise
+  }
+
+  /**
+   * Hands the gathered calls to the native tracker, in order. Every other method does this first. `paused`: the
+   * synchronous run of calls ended (the event loop came round), so the writer need not wait for more.
+   */
+  _handOver (paused = false) {
+    const n = this._urls.length
+    if (n === 0) return
+    const urls = this._urls
+    const { resolve, immediate } = this._gathered
+    this._urls = []
+    this._gathered = null
+    clearImmediate(immediate)
+    let written
+    try {
+      written = this._writtenIn(this._native.trackBatch(urls.join(''), this._lengths.subarray(0, n), this._ttls.subarray(0, n), paused))
+    } catch (err) {
+      // Not expected for URLs that passed the gathering check; tracked one by one, so that a refusal costs one URL.
+      this._log('error', `cf-invalidation-tracker: storeUrl batch failed (${fromNative(err).message}); tracking its URLs one by one`)
+      for (let i = 0; i < n; i++) written = this._trackNow(urls[i], this._ttls[i] || undefined)
+    }
+    resolve(written)
+  }
+
+  /** At process exit: writes what is still buffered, blocking for at most EXIT_FLUSH_MS. */
+  _flushAtExit () {
+    try {
+      this._handOver()
+      if (!this._native.flushBlocking(EXIT_FLUSH_MS)) {
+        this._log('warn', 'cf-invalidation-tracker: URLs still buffered at exit were not written (a custom store cannot be ' +
+          'written to while the process exits): await invl.flush() before process.exit()')
+      }
+    } catch (err) {
+      this._log('warn', `cf-invalidation-tracker: URLs still buffered at exit were not written: ${fromNative(err).message}`)
+    }
   }
 
   /** Changes how long a tracked URL stays tracked (0: until it is sent). */

@@ -4,7 +4,7 @@
 // in Redis. Arguments (JSON): { side: 'tracker'|'baseline', workload: 'zipf'|'unique', n, urlSpace, redisUrl,
 // endpoint, dist, key, chunk, depth }.
 
-const { childMain, drive, zipfRanks, catalogPath, uniquePath, REPO_ROOT } = require('./lib')
+const { childMain, drive, zipfRanks, catalogPath, uniquePath, flat, REPO_ROOT } = require('./lib')
 
 childMain(async (args, ready) => {
   const { side, workload, n, urlSpace, redisUrl, endpoint, dist, key, chunk, depth } = args
@@ -12,7 +12,7 @@ childMain(async (args, ready) => {
   let distinct
   if (workload === 'zipf') {
     const ranks = zipfRanks(n, urlSpace)
-    const urls = Array.from({ length: urlSpace }, (_, k) => catalogPath(k))
+    const urls = Array.from({ length: urlSpace }, (_, k) => flat(catalogPath(k)))
     const seen = new Uint8Array(urlSpace)
     distinct = 0
     for (let i = 0; i < n; i++) {
@@ -23,7 +23,9 @@ childMain(async (args, ready) => {
     }
     urlOf = (i) => urls[ranks[i]]
   } else {
-    urlOf = uniquePath
+    // Made before the clock starts, as the Zipf URLs are.
+    const urls = Array.from({ length: n }, (_, i) => flat(uniquePath(i)))
+    urlOf = (i) => urls[i]
     distinct = n
   }
 

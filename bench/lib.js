@@ -47,6 +47,12 @@ function zipfRanks (count, n, { s = 1.0, seed = 42 } = {}) {
   return out
 }
 
+/**
+ * `s` as a flat string. A template literal makes a rope (a V8 cons string) that is flattened on first use; a URL a
+ * server gets from its HTTP parser is flat already, so the workloads are made of flat strings, for both sides.
+ */
+const flat = (s) => Buffer.from(s).toString()
+
 /** The path of the URL of rank `k` in the Zipf workload (also what the Express route serves). */
 const catalogPath = (k) => `/catalog/item-${k}.html`
 
@@ -204,6 +210,7 @@ module.exports = {
   zipfRanks,
   catalogPath,
   uniquePath,
+  flat,
   drive,
   runChild,
   childMain,

@@ -3,6 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::store::{Entry, PutOutcome, Store};
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -18,9 +19,13 @@ struct Progress {
     error: Option<Arc<Error>>,
 }
 
+/// Buffered URLs and their expiry. foldhash: fast on short strings, and seeded per process, since the keys come
+/// from the internet.
+type Entries = HashMap<String, Option<u64>, foldhash::fast::RandomState>;
+
 #[derive(Default)]
 struct Pending {
-    entries: HashMap<String, Option<u64>>,
+    entries: Entries,
     overflow: BTreeSet<String>,
     window: u64,
     /// Calls so far, to tell a pause from a steady stream of repeated URLs.
@@ -41,6 +46,8 @@ pub struct WriteBuffer {
     writer: tokio::sync::Mutex<()>,
     progress: watch::Sender<Progress>,
     wake: Notify,
+    /// Signalled when the caller says its calls paused (the end of a synchronous run of `storeUrl` calls).
+    paused: Notify,
     capacity: usize,
     threshold: usize,
 }
@@ -56,6 +63,7 @@ impl WriteBuffer {
             writer: tokio::sync::Mutex::new(()),
             progress: watch::channel(Progress::default()).0,
             wake: Notify::new(),
+            paused: Notify::new(),
             capacity: capacity.max(1),
             threshold: threshold.clamp(1, capacity.max(1)),
         }
@@ -70,20 +78,32 @@ impl WriteBuffer {
     /// Buffers one URL and returns the window it will be written in. When the buffer is full, a URL not already in
     /// it is covered by its overflow wildcard instead (never dropped, never unbounded).
     pub fn push(&self, path: String, expires_at: Option<u64>) -> u64 {
+        self.push_many(std::iter::once((Cow::Owned(path), expires_at)))
+    }
+
+    /// Buffers URLs under one lock (as [`WriteBuffer::push`] each) and returns the window they will be written in.
+    /// A URL already buffered costs a lookup, no allocation.
+    pub fn push_many<'a>(
+        &self,
+        urls: impl IntoIterator<Item = (Cow<'a, str>, Option<u64>)>,
+    ) -> u64 {
         let mut p = self.lock();
-        let len = p.entries.len();
-        if len < self.capacity || p.entries.contains_key(&path) {
-            p.entries.insert(path, expires_at);
-        } else {
-            let wildcard = crate::paths::overflow_wildcard(&path);
-            crate::store::memory::add_overflow(&mut p.overflow, &wildcard);
+        let before = p.entries.len();
+        for (path, expires_at) in urls {
+            if let Some(e) = p.entries.get_mut(path.as_ref()) {
+                *e = expires_at;
+            } else if p.entries.len() < self.capacity {
+                p.entries.insert(path.into_owned(), expires_at);
+            } else {
+                let wildcard = crate::paths::overflow_wildcard(&path);
+                crate::store::memory::add_overflow(&mut p.overflow, &wildcard);
+            }
+            p.calls += 1;
         }
-        let window = p.window;
-        p.calls += 1;
-        // The first URL of a window starts the writer's clock; a full window wakes it at once.
-        let wake = len == 0 || len + 1 == self.threshold;
+        let (window, after) = (p.window, p.entries.len());
         drop(p);
-        if wake {
+        // The first URL of a window starts the writer's clock; a full window wakes it at once.
+        if before == 0 || (before < self.threshold && after >= self.threshold) {
             self.wake.notify_one();
         }
         window
@@ -145,8 +165,13 @@ impl WriteBuffer {
             let mut p = self.lock();
             let window = p.window;
             p.window += 1;
+            // The next window likely gathers as many URLs: sized for them, so that inserts do not rehash.
+            let size = p.entries.len().min(self.threshold.max(BURST));
             (
-                std::mem::take(&mut p.entries),
+                std::mem::replace(
+                    &mut p.entries,
+                    Entries::with_capacity_and_hasher(size, Default::default()),
+                ),
                 std::mem::take(&mut p.overflow),
                 window,
             )
@@ -214,10 +239,12 @@ impl WriteBuffer {
             if len >= self.threshold || left.is_zero() {
                 return;
             }
-            tokio::time::sleep(GATHER_STEP.min(left)).await;
+            let paused = tokio::time::timeout(GATHER_STEP.min(left), self.paused.notified())
+                .await
+                .is_ok();
             let now = progress();
             let new_calls = now.0 - calls;
-            if new_calls == 0 && now.1 >= BURST {
+            if (paused || new_calls == 0) && now.1 >= BURST {
                 // A burst just ended.
                 return;
             }
@@ -229,6 +256,11 @@ impl WriteBuffer {
             }
             (calls, len) = now;
         }
+    }
+
+    /// Says that calls paused: a burst being gathered is written now rather than at the next look.
+    pub fn calls_paused(&self) {
+        self.paused.notify_one();
     }
 
     /// Wakes the writer (e.g. so it notices its tracker is gone).

@@ -22,6 +22,7 @@ use crate::store::redis::{RedisConfig, RedisStore};
 use crate::store::Store;
 use crate::tracker::{Tracker, TrackerConfig};
 use futures::FutureExt;
+use napi::bindgen_prelude::Utf16String;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
 use napi::Status;
 use napi_derive::napi;
@@ -356,6 +357,20 @@ impl NativeTracker {
             .map(|w| w as i64)
     }
 
+    /// Tracks a batch of URLs in one call (index.js gathers `storeUrl` calls): `urls` is the URLs joined, `lengths`
+    /// their lengths (UTF-16 code units), `ttls` their TTLs in seconds (`0`: none); `paused`: no call follows at once.
+    /// All or none; returns the window.
+    #[napi]
+    pub fn track_batch(
+        &self,
+        urls: Utf16String,
+        lengths: &[u32],
+        ttls: &[f64],
+        paused: bool,
+    ) -> napi::Result<i64> {
+        guarded_sync(|| self.inner.track_batch(&urls, lengths, ttls, paused)).map(|w| w as i64)
+    }
+
     /// Resolves when the URLs of write window `window` are in the store.
     #[napi]
     pub async fn written(&self, window: i64) -> napi::Result<()> {
@@ -374,6 +389,16 @@ impl NativeTracker {
     pub async fn flush(&self) -> napi::Result<()> {
         let t = self.inner.clone();
         guarded(async move { t.flush().await }).await
+    }
+
+    /// Writes buffered URLs before the process exits, blocking for at most `timeoutMs`; false when the store cannot
+    /// be waited on from the JavaScript thread (a custom store).
+    #[napi]
+    pub fn flush_blocking(&self, timeout_ms: u32) -> napi::Result<bool> {
+        guarded_sync(|| {
+            self.inner
+                .flush_blocking(Duration::from_millis(u64::from(timeout_ms)))
+        })
     }
 
     /// Changes a tracked URL's TTL.

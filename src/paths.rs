@@ -16,6 +16,7 @@
 //!   `/a/../b` or `//a` would name another object. Browsers resolve dot segments before they send a request.
 //! - Leading and trailing spaces and control characters are trimmed, as URL parsers do; inside a URL they are encoded.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
@@ -269,6 +270,18 @@ pub fn normalize(url: &str, rules: &PathRules) -> Result<String, PathError> {
         encode_into(query, &mut out);
     }
     check_len(out)
+}
+
+/// As [`normalize`], borrowing from `url` when it is already a clean path (no allocation).
+///
+/// # Errors
+/// As [`normalize`].
+pub fn normalize_cow<'a>(url: &'a str, rules: &PathRules) -> Result<Cow<'a, str>, PathError> {
+    match already_normal(url, rules.query_strings == QueryStrings::Keep) {
+        Some(path) if path.len() > MAX_PATH_LEN => Err(PathError::TooLong { len: path.len() }),
+        Some(path) => Ok(Cow::Borrowed(path)),
+        None => normalize(url, rules).map(Cow::Owned),
+    }
 }
 
 /// As [`normalize`], taking the URL by value: a URL that is already a clean path is returned as it is, without a copy

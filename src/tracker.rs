@@ -6,6 +6,7 @@ use crate::error::{Error, Result};
 use crate::paths;
 use crate::send::{self, Log, SendConfig, SendOptions, SendReport};
 use crate::store::{now_ms, Store};
+use std::borrow::Cow;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
@@ -104,6 +105,60 @@ impl Tracker {
         Ok(self.buffer.push(path, expires_at))
     }
 
+    /// Tracks a batch of URLs handed over in one call: `units` holds them back to back as UTF-16, `lengths` their
+    /// lengths in code units, `ttls` their TTLs in seconds (`0`: none). Either every URL is tracked, in order, or,
+    /// when one is invalid, none is. `paused`: the caller's calls paused after these. Returns the write window.
+    pub fn track_batch(
+        self: &Arc<Self>,
+        units: &[u16],
+        lengths: &[u32],
+        ttls: &[f64],
+        paused: bool,
+    ) -> Result<u64> {
+        if lengths.len() != ttls.len() {
+            return Err(Error::InvalidArgument(format!(
+                "a batch of {} URLs came with {} TTLs",
+                lengths.len(),
+                ttls.len()
+            )));
+        }
+        if lengths.iter().map(|&l| l as usize).sum::<usize>() != units.len() {
+            return Err(Error::InvalidArgument(
+                "a batch of URLs does not add up to its lengths".into(),
+            ));
+        }
+        // Usually all ASCII: one string for the whole batch, and URLs already clean borrow from it.
+        let ascii = units.iter().all(|&u| u < 0x80);
+        let joined = if ascii {
+            String::from_utf8(units.iter().map(|&u| u as u8).collect())
+                .map_err(|e| Error::Internal(e.to_string()))?
+        } else {
+            String::new()
+        };
+        let rules = &self.config.send.rules;
+        let mut urls = Vec::with_capacity(lengths.len());
+        let mut start = 0;
+        for (&len, &ttl) in lengths.iter().zip(ttls) {
+            let end = start + len as usize;
+            let path = if ascii {
+                paths::normalize_cow(&joined[start..end], rules)?
+            } else {
+                Cow::Owned(paths::normalize_owned(
+                    String::from_utf16_lossy(&units[start..end]),
+                    rules,
+                )?)
+            };
+            urls.push((path, expiry(Some(ttl))?));
+            start = end;
+        }
+        self.start_flusher();
+        let window = self.buffer.push_many(urls);
+        if paused {
+            self.buffer.calls_paused();
+        }
+        Ok(window)
+    }
+
     fn start_flusher(self: &Arc<Self>) {
         self.flusher.get_or_init(|| {
             let weak: Weak<Tracker> = Arc::downgrade(self);
@@ -163,6 +218,25 @@ impl Tracker {
     /// Writes every buffered URL to the store now.
     pub async fn flush(&self) -> Result<()> {
         self.write_buffer().await
+    }
+
+    /// The flush at process exit: blocks the calling thread until buffered URLs are written, at most `timeout`.
+    /// Returns false when it could not try (a custom store runs on the JavaScript thread, which is the one blocked).
+    pub fn flush_blocking(&self, timeout: Duration) -> Result<bool> {
+        if !self.store.can_block_on() || tokio::runtime::Handle::try_current().is_ok() {
+            return Ok(self.buffer.is_empty());
+        }
+        // Also waits for a write already under way.
+        self.runtime
+            .block_on(async { tokio::time::timeout(timeout, self.flush()).await })
+            .map_err(|_| {
+                Error::Timeout(format!(
+                    "{} buffered URLs were not written within {} ms",
+                    self.buffer.len(),
+                    timeout.as_millis()
+                ))
+            })??;
+        Ok(true)
     }
 
     /// Changes how long a tracked URL stays tracked (`0`: until sent).

@@ -241,6 +241,10 @@ impl Store for JsStore {
         "custom"
     }
 
+    fn can_block_on(&self) -> bool {
+        false
+    }
+
     async fn put(&self, entries: &[Entry], _max_tracked: usize) -> Result<PutOutcome> {
         for claim in self.lock().claims.values_mut().filter(|c| c.leased) {
             let again: Vec<String> = {

@@ -82,6 +82,12 @@ pub trait Store: Send + Sync + 'static {
     /// A short name for logs and errors, e.g. `redis`.
     fn kind(&self) -> &'static str;
 
+    /// False when the store's operations run on the JavaScript thread (a custom store), so that a thread blocked on
+    /// them would wait forever: the flush at process exit leaves such a store alone.
+    fn can_block_on(&self) -> bool {
+        true
+    }
+
     /// Track these URLs (insert, or update the expiry of one already tracked). When `max_tracked` URLs are tracked
     /// already, new ones are not stored: `overflow_wildcard` of each is recorded instead.
     async fn put(&self, entries: &[Entry], max_tracked: usize) -> Result<PutOutcome>;

@@ -16,7 +16,7 @@ use crate::error::{Error, Result};
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script};
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
@@ -58,6 +58,7 @@ struct Keys {
     urls: String,
     overflow: String,
     claims: String,
+    gen: String,
     base: String,
 }
 
@@ -72,6 +73,7 @@ impl Keys {
             urls: format!("{base}:urls"),
             overflow: format!("{base}:overflow"),
             claims: format!("{base}:claims"),
+            gen: format!("{base}:gen"),
             base,
         }
     }
@@ -83,31 +85,72 @@ impl Keys {
     }
 }
 
-// KEYS: urls. ARGV: now, most tracked, then (score, path) pairs. Tracks each path (or updates its expiry) while fewer
-// than `max` are tracked; returns the paths that did not fit, for the caller to cover with overflow wildcards. When
-// all fit (the usual case) they go in a few variadic ZADDs rather than one command per path.
+// KEYS: urls, gen. ARGV: now, most tracked, expected generation ('' for none), generation to start with (when the
+// key is missing), '1' when some score is finite, then (score, path) pairs.
+//
+// The generation changes whenever a tracked URL may have left the set (a claim, a removal, an expiry set): a writer
+// that saw generation G and finds it unchanged knows that every URL it stored since G is still tracked, so it need
+// not send them again. With an expected generation that is not the current one, nothing is written and the answer is
+// {generation, 1}. Otherwise each path is tracked (or its expiry updated) while fewer than `max` are tracked, in a few
+// variadic ZADDs when all fit, and the answer is {generation, 0, paths that did not fit…}.
 static PUT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local now, max = ARGV[1], tonumber(ARGV[2])
+local gen = redis.call('GET', KEYS[2])
+if not gen then gen = ARGV[4]; redis.call('SET', KEYS[2], gen) end
+if ARGV[3] ~= '' and ARGV[3] ~= gen then return {gen, 1} end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if ARGV[5] == '1' then
+  for i = 6, #ARGV, 2 do
+    if ARGV[i] ~= '+inf' and redis.call('ZSCORE', KEYS[1], ARGV[i + 1]) == 'inf' then
+      gen = tostring(redis.call('INCR', KEYS[2]))
+      break
+    end
+  end
+end
 local n = redis.call('ZCARD', KEYS[1])
-if n + (#ARGV - 2) / 2 <= max then
-  for i = 3, #ARGV, 1000 do
+if n + (#ARGV - 5) / 2 <= max then
+  for i = 6, #ARGV, 1000 do
     redis.call('ZADD', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))
   end
-  return {}
+  return {gen, 0}
 end
-local over = {}
-for i = 3, #ARGV, 2 do
+local out = {gen, 0}
+for i = 6, #ARGV, 2 do
   local path = ARGV[i + 1]
   if n < max or redis.call('ZSCORE', KEYS[1], path) then
     n = n + redis.call('ZADD', KEYS[1], ARGV[i], path)
   else
-    over[#over + 1] = path
+    out[#out + 1] = path
   end
 end
-return over
+return out
+"#,
+    )
+});
+
+// KEYS: urls, gen. ARGV: paths. Stops tracking them; a new generation when one was tracked.
+static REMOVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local removed = 0
+for i = 1, #ARGV, 1000 do
+  removed = removed + redis.call('ZREM', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))
+end
+if removed > 0 and redis.call('EXISTS', KEYS[2]) == 1 then redis.call('INCR', KEYS[2]) end
+return removed
+"#,
+    )
+});
+
+// KEYS: urls, gen. ARGV: score, path. Changes the expiry of a tracked path; a new generation when it changed.
+static SET_EXPIRY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local changed = redis.call('ZADD', KEYS[1], 'XX', 'CH', ARGV[1], ARGV[2])
+if changed > 0 and redis.call('EXISTS', KEYS[2]) == 1 then redis.call('INCR', KEYS[2]) end
+return changed
 "#,
     )
 });
@@ -138,6 +181,7 @@ local made = 0
 if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('RENAME', KEYS[1], KEYS[4]); made = 1 end
 if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('RENAME', KEYS[2], KEYS[5]); made = 1 end
 if made == 1 then redis.call('ZADD', KEYS[3], now + lease, ARGV[3]) end
+if made == 1 and redis.call('EXISTS', KEYS[6]) == 1 then redis.call('INCR', KEYS[6]) end
 return {stale, made}
 "#,
     )
@@ -189,6 +233,33 @@ pub struct RedisStore {
     config: RedisConfig,
     keys: Keys,
     manager: Mutex<Option<ConnectionManager>>,
+    known: Mutex<Known>,
+}
+
+/// A generation for PUT to start from when the key is missing (a new or emptied Redis): random, so that it differs
+/// from any generation seen before. 52 bits, an exact number in Lua.
+fn new_generation() -> u64 {
+    std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), now_ms())
+        >> 12
+}
+
+/// URLs this store wrote without expiry, and the generation they were written in.
+#[derive(Default)]
+struct Known {
+    generation: Option<String>,
+    paths: HashSet<String, foldhash::fast::RandomState>,
+}
+
+/// Most URLs remembered as written; past it, the memory starts over.
+const KNOWN_MAX: usize = 200_000;
+
+/// What the PUT calls of one write answered.
+#[derive(Default)]
+struct Written {
+    generations: BTreeSet<String>,
+    /// For each chunk: the generation was not the one expected, so nothing was written.
+    stale: Vec<bool>,
+    over: Vec<String>,
 }
 
 impl RedisStore {
@@ -207,6 +278,7 @@ impl RedisStore {
             client,
             config,
             manager: Mutex::new(None),
+            known: Mutex::new(Known::default()),
         })
     }
 
@@ -227,6 +299,94 @@ impl RedisStore {
         let manager = ConnectionManager::new_lazy_with_config(self.client.clone(), cfg)?;
         *slot = Some(manager.clone());
         Ok(manager)
+    }
+
+    fn lock_known(&self) -> std::sync::MutexGuard<'_, Known> {
+        self.known
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Runs PUT over `entries` in concurrent chunks (one chunk, with no entries, just to check `expected`).
+    async fn put_chunks(
+        &self,
+        entries: &[&Entry],
+        max_tracked: usize,
+        expected: &str,
+    ) -> Result<Written> {
+        let con = self.conn()?;
+        let now = now_ms().to_string();
+        let start = new_generation().to_string();
+        let chunks: Vec<&[&Entry]> = if entries.is_empty() {
+            vec![&[]]
+        } else {
+            entries.chunks(PUT_CHUNK).collect()
+        };
+        let calls = chunks.into_iter().map(|chunk| {
+            let mut con = con.clone();
+            let mut inv = PUT.prepare_invoke();
+            let finite = chunk.iter().any(|e| e.expires_at.is_some());
+            inv.key(&self.keys.urls)
+                .key(&self.keys.gen)
+                .arg(&now)
+                .arg(max_tracked)
+                .arg(expected)
+                .arg(&start)
+                .arg(if finite { "1" } else { "0" });
+            for e in chunk {
+                inv.arg(score(e.expires_at)).arg(&e.path);
+            }
+            async move { inv.invoke_async::<Vec<String>>(&mut con).await }
+        });
+        let mut written = Written::default();
+        for reply in futures::future::join_all(calls).await {
+            let mut reply = reply?.into_iter();
+            let (Some(generation), Some(stale)) = (reply.next(), reply.next()) else {
+                return Err(Error::Internal("PUT answered without a generation".into()));
+            };
+            written.stale.push(stale == "1");
+            written.generations.insert(generation);
+            written.over.extend(reply);
+        }
+        Ok(written)
+    }
+
+    /// Records what a PUT wrote without expiry under the generation it answered, and covers what did not fit.
+    async fn finish_put(&self, entries: &[&Entry], written: Written) -> Result<PutOutcome> {
+        {
+            let mut known = self.lock_known();
+            let mut generations = written.generations.into_iter();
+            match (generations.next(), generations.next()) {
+                (Some(g), None) => {
+                    if known.generation.as_ref() != Some(&g) || known.paths.len() > KNOWN_MAX {
+                        known.paths.clear();
+                        known.generation = Some(g);
+                    }
+                    let over: BTreeSet<&str> = written.over.iter().map(String::as_str).collect();
+                    for e in entries {
+                        if e.expires_at.is_none() && !over.contains(e.path.as_str()) {
+                            known.paths.insert(e.path.clone());
+                        }
+                    }
+                }
+                // The generation changed while the chunks ran: nothing is known for sure.
+                _ => {
+                    known.paths.clear();
+                    known.generation = None;
+                }
+            }
+        }
+        let mut outcome = PutOutcome::default();
+        let mut wildcards = BTreeSet::new();
+        for path in &written.over {
+            outcome.overflowed += 1;
+            wildcards.insert(crate::paths::overflow_wildcard(path));
+        }
+        if !wildcards.is_empty() {
+            let wildcards: Vec<String> = wildcards.into_iter().collect();
+            self.put_overflow(&wildcards).await?;
+        }
+        Ok(outcome)
     }
 
     async fn read_zset(&self, con: &mut ConnectionManager, key: &str) -> Result<Vec<String>> {
@@ -331,30 +491,40 @@ impl Store for RedisStore {
     }
 
     async fn put(&self, entries: &[Entry], max_tracked: usize) -> Result<PutOutcome> {
-        let con = self.conn()?;
-        let now = now_ms().to_string();
-        let calls = entries.chunks(PUT_CHUNK).map(|chunk| {
-            let mut con = con.clone();
-            let mut inv = PUT.prepare_invoke();
-            inv.key(&self.keys.urls).arg(&now).arg(max_tracked);
-            for e in chunk {
-                inv.arg(score(e.expires_at)).arg(&e.path);
+        // URLs this store wrote without expiry in the current generation are in Redis still: only the others travel,
+        // with the generation for Redis to check. Where it changed, nothing was written, and the skipped URLs go too.
+        let (expected, fresh, skipped) = {
+            let known = self.lock_known();
+            let (fresh, skipped): (Vec<&Entry>, Vec<&Entry>) = match &known.generation {
+                Some(_) => entries
+                    .iter()
+                    .partition(|e| e.expires_at.is_some() || !known.paths.contains(&e.path)),
+                None => (entries.iter().collect(), Vec::new()),
+            };
+            (known.generation.clone(), fresh, skipped)
+        };
+        let expected = match expected {
+            Some(g) if !skipped.is_empty() => g,
+            _ => {
+                let written = self.put_chunks(&fresh, max_tracked, "").await?;
+                return self.finish_put(&fresh, written).await;
             }
-            async move { inv.invoke_async::<Vec<String>>(&mut con).await }
-        });
-        let mut wildcards = BTreeSet::new();
-        let mut outcome = PutOutcome::default();
-        for over in futures::future::join_all(calls).await {
-            for path in over? {
-                outcome.overflowed += 1;
-                wildcards.insert(crate::paths::overflow_wildcard(&path));
+        };
+        let mut written = self.put_chunks(&fresh, max_tracked, &expected).await?;
+        if !written.stale.iter().any(|&s| s) {
+            return self.finish_put(&fresh, written).await;
+        }
+        let mut again = skipped;
+        for (chunk, stale) in fresh.chunks(PUT_CHUNK).zip(&written.stale) {
+            if *stale {
+                again.extend_from_slice(chunk);
             }
         }
-        if !wildcards.is_empty() {
-            let wildcards: Vec<String> = wildcards.into_iter().collect();
-            self.put_overflow(&wildcards).await?;
-        }
-        Ok(outcome)
+        let retried = self.put_chunks(&again, max_tracked, "").await?;
+        // What the first try wrote is not remembered: only what was written without a check.
+        written.generations = retried.generations;
+        written.over.extend(retried.over);
+        self.finish_put(&again, written).await
     }
 
     async fn put_overflow(&self, wildcards: &[String]) -> Result<()> {
@@ -372,12 +542,12 @@ impl Store for RedisStore {
 
     async fn set_expiry(&self, path: &str, expires_at: Option<u64>) -> Result<()> {
         let mut con = self.conn()?;
-        redis::cmd("ZADD")
-            .arg(&self.keys.urls)
-            .arg("XX")
+        SET_EXPIRY
+            .key(&self.keys.urls)
+            .key(&self.keys.gen)
             .arg(score(expires_at))
             .arg(path)
-            .query_async::<()>(&mut con)
+            .invoke_async::<i64>(&mut con)
             .await?;
         Ok(())
     }
@@ -388,7 +558,12 @@ impl Store for RedisStore {
         }
         let mut con = self.conn()?;
         for chunk in paths.chunks(PUT_CHUNK) {
-            con.zrem::<_, _, ()>(&self.keys.urls, chunk).await?;
+            REMOVE
+                .key(&self.keys.urls)
+                .key(&self.keys.gen)
+                .arg(chunk)
+                .invoke_async::<i64>(&mut con)
+                .await?;
         }
         Ok(())
     }
@@ -420,6 +595,7 @@ impl Store for RedisStore {
             .key(&self.keys.claims)
             .key(self.keys.claim(&id, "urls"))
             .key(self.keys.claim(&id, "overflow"))
+            .key(&self.keys.gen)
             .arg(now_ms())
             .arg(lease_ms)
             .arg(&id)
