@@ -18,7 +18,8 @@ it('npm run bench -- --smoke prints the whole table', () => {
     /storeUrl calls\/s, Zipf/,
     /storeUrl calls\/s, all-unique/,
     /Redis commands per 1M calls/,
-    /Express GET requests\/s/,
+    /Express GET requests\/s, with `middleware\(\)`/,
+    /Control: Express GET requests\/s/,
     /sendInvalidation, 10,000 URLs/
   ]) {
     assert.match(res.stdout, row)

@@ -1,8 +1,9 @@
 'use strict'
 
-// Child process: an Express app on 127.0.0.1 with one cacheable GET route, with or without the tracker's middleware.
-// Arguments (JSON): { middleware: boolean, redisUrl, endpoint, dist }. Sends { type: 'listening', port }, serves
-// until told { type: 'stop' }, then reports how many requests it served and the CPU time it used.
+// Child process: an Express app on 127.0.0.1 with one cacheable GET route, and before it the tracker's middleware
+// ('tracker'), a middleware that only calls next() ('noop', the cost of an Express layer itself), or nothing ('none').
+// Arguments (JSON): { middleware, redisUrl, endpoint, dist }. Sends { type: 'listening', port }, serves until told
+// { type: 'stop' }, then reports how many requests it served and the CPU time it used.
 
 const { REPO_ROOT } = require('./lib')
 
@@ -13,10 +14,12 @@ const app = express()
 app.disable('x-powered-by')
 app.disable('etag')
 let tracker = null
-if (args.middleware) {
+if (args.middleware === 'tracker') {
   const createTracker = require(REPO_ROOT)
   tracker = createTracker({ cf: { dist: args.dist, endpoint: args.endpoint }, redis: { url: args.redisUrl }, logger: false })
   app.use(tracker.middleware())
+} else if (args.middleware === 'noop') {
+  app.use((req, res, next) => next())
 }
 let served = 0
 app.get('/catalog/:item', (req, res) => {
