@@ -22,7 +22,11 @@ function forbidsSharedCache (res) {
   let value = typeof res.getHeader === 'function' ? res.getHeader('cache-control') : undefined
   if (value === undefined || value === null) return false
   if (Array.isArray(value)) value = value.join(',')
-  return UNCACHEABLE.test(String(value))
+  value = String(value)
+  // Most responses name neither: two substring scans decide without the regular expression.
+  const lower = value.toLowerCase()
+  if (!lower.includes('no-store') && !lower.includes('private')) return false
+  return UNCACHEABLE.test(value)
 }
 
 /** Marks a returned promise handled: a Tracker has logged its failure already; another object's is dropped. */
@@ -103,6 +107,15 @@ function middleware (tracker, options = {}) {
     ? (url, seconds) => { tracker._track(url, seconds, true) }
     : (url, seconds) => handled(tracker.storeUrl(url, seconds))
 
+  // One listener for every response ('finish' calls it with `this` = res), so that a request allocates no closure;
+  // what it needs rides on the response, under a key of this middleware's own.
+  const kTracked = Symbol('cf-invalidation-tracker')
+  function onFinish () {
+    const state = this[kTracked]
+    this[kTracked] = undefined
+    if (state !== undefined) done(state.req, this, state.url)
+  }
+
   function done (req, res, url) {
     try {
       const status = res.statusCode
@@ -127,7 +140,8 @@ function middleware (tracker, options = {}) {
         const url = req.originalUrl || req.url
         // Longer URLs cannot become invalidation paths: left alone without a log line per request.
         if (typeof url === 'string' && url.length > 0 && url.length <= MAX_URL_LENGTH) {
-          res.on('finish', () => done(req, res, url)) // emitted once; `on` is cheaper than `once`
+          res[kTracked] = { req, url }
+          res.on('finish', onFinish) // emitted once; `on` is cheaper than `once`
         }
       }
     } catch (err) {

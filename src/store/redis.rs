@@ -243,11 +243,33 @@ fn new_generation() -> u64 {
         >> 12
 }
 
-/// URLs this store wrote without expiry, and the generation they were written in.
+/// URLs this store wrote without expiry, and the generation they were written in. A URL is kept as a 128-bit
+/// fingerprint (two independently seeded hashes): 16 bytes rather than a copy of the string, and a collision, which
+/// would skip a URL not written, is about as likely as 2^-100 per lookup.
 #[derive(Default)]
 struct Known {
     generation: Option<String>,
-    paths: HashSet<String, foldhash::fast::RandomState>,
+    paths: HashSet<u128, foldhash::fast::RandomState>,
+    seeds: (
+        foldhash::quality::RandomState,
+        foldhash::quality::RandomState,
+    ),
+}
+
+impl Known {
+    fn fingerprint(&self, path: &str) -> u128 {
+        use std::hash::BuildHasher;
+        (u128::from(self.seeds.0.hash_one(path)) << 64) | u128::from(self.seeds.1.hash_one(path))
+    }
+
+    fn contains(&self, path: &str) -> bool {
+        self.paths.contains(&self.fingerprint(path))
+    }
+
+    fn insert(&mut self, path: &str) {
+        let f = self.fingerprint(path);
+        self.paths.insert(f);
+    }
 }
 
 /// Most URLs remembered as written; past it, the memory starts over.
@@ -365,7 +387,7 @@ impl RedisStore {
                     let over: BTreeSet<&str> = written.over.iter().map(String::as_str).collect();
                     for e in entries {
                         if e.expires_at.is_none() && !over.contains(e.path.as_str()) {
-                            known.paths.insert(e.path.clone());
+                            known.insert(&e.path);
                         }
                     }
                 }
@@ -498,7 +520,7 @@ impl Store for RedisStore {
             let (fresh, skipped): (Vec<&Entry>, Vec<&Entry>) = match &known.generation {
                 Some(_) => entries
                     .iter()
-                    .partition(|e| e.expires_at.is_some() || !known.paths.contains(&e.path)),
+                    .partition(|e| e.expires_at.is_some() || !known.contains(&e.path)),
                 None => (entries.iter().collect(), Vec::new()),
             };
             (known.generation.clone(), fresh, skipped)
