@@ -132,6 +132,18 @@ describe('storeUrl writes behind', () => {
     await invl.disconnect()
   })
 
+  it('a malformed batch handed to the native side is refused whole and tracks nothing', async () => {
+    const invl = env.tracker({ flushIntervalMs: 30_000 })
+    const batch = (urls, lengths, ttls) => () => invl._native.trackBatch(urls.join(''), Uint32Array.from(lengths), Float64Array.from(ttls), false)
+    assert.throws(batch(['/a', '/b'], [2, 3], [0, 0]), /does not add up/)
+    assert.throws(batch(['/a', '/b'], [2, 2], [0]), /2 URLs came with 1 TTLs/)
+    assert.throws(batch(['/a', '/b'], [2, 2], [0, -1]), /ttlInSec/)
+    assert.throws(batch(['/a', 'ftp://h/b'], [2, 9], [0, 0]), /unsupported scheme/)
+    await invl.flush()
+    assert.deepEqual(await inRedis(), [])
+    await invl.disconnect()
+  })
+
   it('process.exit() right after storeUrl calls still writes them', async () => {
     const script = `
       const createTracker = require(${JSON.stringify(path.join(__dirname, '..'))})
