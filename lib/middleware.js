@@ -22,11 +22,7 @@ function forbidsSharedCache (res) {
   let value = typeof res.getHeader === 'function' ? res.getHeader('cache-control') : undefined
   if (value === undefined || value === null) return false
   if (Array.isArray(value)) value = value.join(',')
-  value = String(value)
-  // Most responses name neither: two substring scans decide without the regular expression.
-  const lower = value.toLowerCase()
-  if (!lower.includes('no-store') && !lower.includes('private')) return false
-  return UNCACHEABLE.test(value)
+  return UNCACHEABLE.test(String(value))
 }
 
 /** Marks a returned promise handled: a Tracker has logged its failure already; another object's is dropped. */

@@ -251,13 +251,40 @@ fn already_normal(url: &str, keep_query: bool) -> Option<&str> {
 /// [`PathError::Empty`] for an empty URL, [`PathError::TooLong`] when the path exceeds [`MAX_PATH_LEN`],
 /// [`PathError::Invalid`] for an absolute URL of another scheme or without a host.
 pub fn normalize(url: &str, rules: &PathRules) -> Result<String, PathError> {
+    normalize_cow(url, rules).map(Cow::into_owned)
+}
+
+/// As [`normalize`], borrowing from `url` when it is already a clean path (no allocation).
+///
+/// # Errors
+/// As [`normalize`].
+pub fn normalize_cow<'a>(url: &'a str, rules: &PathRules) -> Result<Cow<'a, str>, PathError> {
     let keep_query = rules.query_strings == QueryStrings::Keep;
-    if let Some(path) = already_normal(url, keep_query) {
-        if path.len() > MAX_PATH_LEN {
-            return Err(PathError::TooLong { len: path.len() });
-        }
-        return Ok(path.to_owned());
+    match already_normal(url, keep_query) {
+        Some(path) if path.len() > MAX_PATH_LEN => Err(PathError::TooLong { len: path.len() }),
+        Some(path) => Ok(Cow::Borrowed(path)),
+        None => rewrite(url, keep_query).map(Cow::Owned),
     }
+}
+
+/// As [`normalize`], taking the URL by value: a URL that is already a clean path is returned as it is, without a copy
+/// (the hot path of tracking).
+///
+/// # Errors
+/// As [`normalize`].
+pub fn normalize_owned(mut url: String, rules: &PathRules) -> Result<String, PathError> {
+    // A borrowed result is always a prefix of `url` (the query may be cut off).
+    let len = match normalize_cow(&url, rules)? {
+        Cow::Borrowed(path) => path.len(),
+        Cow::Owned(path) => return Ok(path),
+    };
+    url.truncate(len);
+    Ok(url)
+}
+
+/// The slow half of [`normalize`], for a URL that is not already a clean path: trims, drops origin and fragment,
+/// encodes.
+fn rewrite(url: &str, keep_query: bool) -> Result<String, PathError> {
     let url = url.trim_matches(is_trimmed);
     if url.is_empty() {
         return Err(PathError::Empty);
@@ -270,35 +297,6 @@ pub fn normalize(url: &str, rules: &PathRules) -> Result<String, PathError> {
         encode_into(query, &mut out);
     }
     check_len(out)
-}
-
-/// As [`normalize`], borrowing from `url` when it is already a clean path (no allocation).
-///
-/// # Errors
-/// As [`normalize`].
-pub fn normalize_cow<'a>(url: &'a str, rules: &PathRules) -> Result<Cow<'a, str>, PathError> {
-    match already_normal(url, rules.query_strings == QueryStrings::Keep) {
-        Some(path) if path.len() > MAX_PATH_LEN => Err(PathError::TooLong { len: path.len() }),
-        Some(path) => Ok(Cow::Borrowed(path)),
-        None => normalize(url, rules).map(Cow::Owned),
-    }
-}
-
-/// As [`normalize`], taking the URL by value: a URL that is already a clean path is returned as it is, without a copy
-/// (the hot path of tracking).
-///
-/// # Errors
-/// As [`normalize`].
-pub fn normalize_owned(mut url: String, rules: &PathRules) -> Result<String, PathError> {
-    let keep_query = rules.query_strings == QueryStrings::Keep;
-    match already_normal(&url, keep_query).map(str::len) {
-        Some(len) if len > MAX_PATH_LEN => Err(PathError::TooLong { len }),
-        Some(len) => {
-            url.truncate(len);
-            Ok(url)
-        }
-        None => normalize(&url, rules),
-    }
 }
 
 /// Normalises an explicit wildcard the application asked for: `prefix` is normalised like a URL (a trailing '*' in
