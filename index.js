@@ -21,6 +21,9 @@ function isArgumentError (err) {
 // characters, as in '%E2%82%AC'); any other goes through the native call that can refuse it with its own error.
 const GATHER_MAX = 4096
 const GATHERABLE_LENGTH = Math.floor(MAX_URL_LENGTH / 9)
+// Calls nobody awaits (the middleware's) are handed over at most this long after the first of them, by one timer,
+// rather than once per event-loop turn: under load many responses share one crossing. Capped by flushIntervalMs.
+const QUIET_HANDOVER_MS = 10
 // How long process exit may block writing what is still buffered.
 const EXIT_FLUSH_MS = 1000
 
@@ -30,6 +33,18 @@ let exitHooked = false
 const forget = new FinalizationRegistry((ref) => live.delete(ref))
 function flushAtExit () {
   for (const ref of live) ref.deref()?._flushAtExit()
+}
+
+/**
+ * The TTL (0: none) under which a storeUrl call can be gathered, or undefined when it needs its own native call: a
+ * URL that is not a plain path, or a TTL the native call must check or refuse.
+ */
+function gatherableTtl (url, ttlInSec) {
+  if (typeof url === 'string' && url.length <= GATHERABLE_LENGTH && url.charCodeAt(0) === 47 /* '/' */) {
+    if (ttlInSec === undefined || ttlInSec === null) return 0
+    if (typeof ttlInSec === 'number' && ttlInSec >= 0 && ttlInSec < Infinity) return ttlInSec
+  }
+  return undefined
 }
 
 function checkTtl (ttl, name = 'ttlInSec') {
@@ -44,6 +59,7 @@ function checkTtl (ttl, name = 'ttlInSec') {
 class Tracker {
   constructor (options) {
     const { native, logger, dispatch } = parseOptions(options)
+    this._quietMs = Math.min(QUIET_HANDOVER_MS, native.flushIntervalMs ?? QUIET_HANDOVER_MS)
     this._logger = logger
     const log = logger ? ({ level, message }) => this._log(level, message) : undefined
     try {
@@ -57,6 +73,7 @@ class Tracker {
     this._lengths = new Uint32Array(GATHER_MAX)
     this._ttls = new Float64Array(GATHER_MAX)
     this._gathered = null
+    this._timer = null
     this._handOver = this._handOver.bind(this)
     this._handOverPaused = () => this._handOver(true)
     if (!exitHooked) {
@@ -104,20 +121,24 @@ class Tracker {
    * wildcard prefix the caller asks for. Resolves once the URL is in the store (writes are batched).
    */
   storeUrl (url, ttlInSec) {
-    return this._track(url, ttlInSec)
+    const ttl = gatherableTtl(url, ttlInSec)
+    if (ttl !== undefined) return this._gather(url, ttl)
+    this._handOver()
+    return this._trackNow(url, ttlInSec)
   }
 
   /**
-   * storeUrl's work. `quietArgs` leaves argument errors unlogged (the middleware passes URLs from the internet, whose
-   * junk must not flood the log); the returned promise still rejects.
+   * The middleware's storeUrl: nobody awaits it, so it returns nothing, and argument errors are not logged (URLs from
+   * the internet, whose junk must not flood the log); a failure to write is logged.
    */
-  _track (url, ttlInSec, quietArgs = false) {
-    if (typeof url === 'string' && url.length <= GATHERABLE_LENGTH && url.charCodeAt(0) === 47 /* '/' */) {
-      if (ttlInSec === undefined || ttlInSec === null) return this._gather(url, 0)
-      if (typeof ttlInSec === 'number' && ttlInSec >= 0 && ttlInSec < Infinity) return this._gather(url, ttlInSec)
+  _trackQuietly (url, ttlInSec) {
+    const ttl = gatherableTtl(url, ttlInSec)
+    if (ttl !== undefined) {
+      this._gatherQuietly(url, ttl)
+      return
     }
     this._handOver()
-    return this._trackNow(url, ttlInSec, quietArgs)
+    this._trackNow(url, ttlInSec, true)
   }
 
   /** storeUrl through its own native call, which validates the URL fully. */
@@ -155,19 +176,35 @@ class Tracker {
 
   /** Adds a call to the gathered ones (TTL 0: none); its promise is the one of its write window. */
   _gather (url, ttl) {
-    const n = this._urls.length
-    if (n === 0) {
+    if (this._gathered === null) {
       let resolve
       const promise = new Promise((_resolve) => { resolve = _resolve })
       promise.catch(() => {}) // its window's promise logs the failure
       this._gathered = { promise, resolve, immediate: setImmediate(this._handOverPaused) }
     }
+    const { promise } = this._gathered
+    this._push(url, ttl)
+    return promise
+  }
+
+  /**
+   * The middleware's storeUrl: a call nobody awaits, so no promise is made, and it is handed over by a timer (or
+   * with any other call); a failure to write it is logged by its write window.
+   */
+  _gatherQuietly (url, ttl) {
+    if (this._urls.length === 0 && this._timer === null) {
+      this._timer = setTimeout(this._handOver, this._quietMs)
+      this._timer.unref()
+    }
+    this._push(url, ttl)
+  }
+
+  _push (url, ttl) {
+    const n = this._urls.length
     this._urls.push(url)
     this._lengths[n] = url.length
     this._ttls[n] = ttl
-    const { promise } = this._gathered
     if (n + 1 === GATHER_MAX) this._handOver()
-    return promise
   }
 
   /**
@@ -175,13 +212,17 @@ class Tracker {
    * synchronous run of calls ended (the event loop came round), so the writer need not wait for more.
    */
   _handOver (paused = false) {
+    if (this._timer !== null) {
+      clearTimeout(this._timer)
+      this._timer = null
+    }
     const n = this._urls.length
     if (n === 0) return
     const urls = this._urls
-    const { resolve, immediate } = this._gathered
+    const gathered = this._gathered
     this._urls = []
     this._gathered = null
-    clearImmediate(immediate)
+    if (gathered !== null) clearImmediate(gathered.immediate)
     let written
     try {
       written = this._writtenIn(this._native.trackBatch(urls.join(''), this._lengths.subarray(0, n), this._ttls.subarray(0, n), paused))
@@ -190,7 +231,7 @@ class Tracker {
       this._log('error', `cf-invalidation-tracker: storeUrl batch failed (${fromNative(err).message}); tracking its URLs one by one`)
       for (let i = 0; i < n; i++) written = this._trackNow(urls[i], this._ttls[i] || undefined)
     }
-    resolve(written)
+    if (gathered !== null) gathered.resolve(written)
   }
 
   /** At process exit: writes what is still buffered, blocking for at most EXIT_FLUSH_MS. */

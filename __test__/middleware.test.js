@@ -9,6 +9,7 @@ const http = require('node:http')
 const createTracker = require('..')
 const { startRedis } = require('./helpers/services')
 const { sleep, noUnhandledRejections } = require('./helpers/env')
+const { runNode } = require('./helpers/run')
 
 const WAIT_MS = 5000
 
@@ -137,6 +138,61 @@ describe('middleware', () => {
       await server.close()
       await invl.disconnect()
     }
+  })
+
+  test('what it tracks reaches Redis by itself, with no flush() and no other call', async () => {
+    const invl = tracker({ flushIntervalMs: 50 })
+    const server = await listen(buildApp(require('express'), invl))
+    try {
+      await hit(server.url, ROUTES)
+      let stored = []
+      for (const deadline = Date.now() + WAIT_MS; Date.now() < deadline;) {
+        stored = await rawTracked(redis)
+        if (stored.length >= EXPECTED.length) break
+        await sleep(20)
+      }
+      assert.deepEqual(stored, EXPECTED)
+    } finally {
+      await server.close()
+      await invl.disconnect()
+    }
+  })
+
+  test('a response that is not a Node server\'s (a test double without res.req) is tracked on its finish', async () => {
+    const { EventEmitter } = require('node:events')
+    const invl = tracker()
+    const mw = invl.middleware()
+    const respond = (url, status, cacheControl) => {
+      const req = { method: 'GET', url, headers: {} }
+      const res = Object.assign(new EventEmitter(), { statusCode: status, getHeader: () => cacheControl })
+      mw(req, res, () => {})
+      res.emit('finish')
+    }
+    respond('/double/a', 200)
+    respond('/double/private', 200, 'private, max-age=60')
+    respond('/double/error', 500)
+    try {
+      await assertTracked(invl, ['/double/a'])
+    } finally {
+      await invl.disconnect()
+    }
+  })
+
+  test('process.exit() right after a response still writes its URL', async () => {
+    const script = `
+      const http = require('node:http')
+      const createTracker = require(${JSON.stringify(require('node:path').join(__dirname, '..'))})
+      const invl = createTracker({ cf: { dist: 'E1' }, redis: { url: process.argv[1] }, flushIntervalMs: 60000, logger: false })
+      const mw = invl.middleware()
+      const server = http.createServer((req, res) => {
+        mw(req, res, () => {})
+        res.on('finish', () => process.exit(0))
+        res.end('ok')
+      }).listen(0, '127.0.0.1', () => fetch('http://127.0.0.1:' + server.address().port + '/at-exit?x=1'))
+    `
+    const result = await runNode('-e', [script, redis.url])
+    assert.equal(result.code, 0, result.stderr)
+    assert.deepEqual(await rawTracked(redis), ['/at-exit?x=1'])
   })
 
   test('a middleware mounted twice tracks a request once; a router-level one sees the mount path', async () => {

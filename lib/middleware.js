@@ -22,7 +22,10 @@ function forbidsSharedCache (res) {
   let value = typeof res.getHeader === 'function' ? res.getHeader('cache-control') : undefined
   if (value === undefined || value === null) return false
   if (Array.isArray(value)) value = value.join(',')
-  return UNCACHEABLE.test(String(value))
+  const lower = String(value).toLowerCase() // the same string when it is lower case already, as usual
+  // Most responses name neither directive: two substring scans decide them; the others get the exact rule.
+  if (!lower.includes('no-store') && !lower.includes('private')) return false
+  return UNCACHEABLE.test(lower)
 }
 
 /** Marks a returned promise handled: a Tracker has logged its failure already; another object's is dropped. */
@@ -72,7 +75,7 @@ function parseTtl (ttl) {
 /**
  * Builds the middleware `(req, res, next)` for `tracker`. It calls `next()` at once and does its work on the
  * response's 'finish' event: a request with one of `methods` (GET, HEAD) whose status passes `statuses` (2xx, 3xx)
- * and whose Cache-Control has neither `no-store` nor `private` is tracked as `req.originalUrl` (else `req.url`);
+ * and whose Cache-Control has neither `no-store` nor `private` is tracked as `req.originalUrl` (else `req.url`) at that time;
  * a 404 that `statuses` does not pass stops tracking the URL (`removeOn404`). `onlyCloudFront` limits both to
  * requests CloudFront forwarded; `filter(req, res)` returning false leaves a request alone; `ttl` (seconds, or
  * `(req, res) => seconds`) is passed to `storeUrl`. `filter` and `ttl` run once the response has finished.
@@ -97,23 +100,23 @@ function middleware (tracker, options = {}) {
       if (logger) logger.error(`cf-invalidation-tracker: middleware failed: ${err && err.message}`)
     } catch {}
   }
-  // A URL from the internet that cannot become a path is the client's junk, not our failure: not logged. A Tracker's
-  // promises are handled already (one shared promise per write window: no handler is added per request).
-  const track = typeof tracker._track === 'function'
-    ? (url, seconds) => { tracker._track(url, seconds, true) }
+  // A URL from the internet that cannot become a path is the client's junk, not our failure: not logged. A Tracker
+  // makes no promise per request (its write window's failure is logged once); another object's promise is handled.
+  const track = typeof tracker._trackQuietly === 'function'
+    ? (url, seconds) => tracker._trackQuietly(url, seconds)
     : (url, seconds) => handled(tracker.storeUrl(url, seconds))
 
-  // One listener for every response ('finish' calls it with `this` = res), so that a request allocates no closure;
-  // what it needs rides on the response, under a key of this middleware's own.
-  const kTracked = Symbol('cf-invalidation-tracker')
+  // One listener for every response: 'finish' calls it with `this` = res, whose `req` is the request (Node sets it),
+  // so that a request allocates nothing and adds no property to the response (which slows the server's own code).
   function onFinish () {
-    const state = this[kTracked]
-    this[kTracked] = undefined
-    if (state !== undefined) done(state.req, this, state.url)
+    done(this.req, this)
   }
 
-  function done (req, res, url) {
+  function done (req, res) {
     try {
+      const url = req.originalUrl || req.url
+      // Longer URLs cannot become invalidation paths: left alone without a log line per request.
+      if (typeof url !== 'string' || url.length === 0 || url.length > MAX_URL_LENGTH) return
       const status = res.statusCode
       const tracks = passes(status)
       if (!tracks && !(status === 404 && removeOn404)) return
@@ -133,12 +136,9 @@ function middleware (tracker, options = {}) {
   return function cfInvalidationTracker (req, res, next) {
     try {
       if (methods.has(req.method) && (!onlyCloudFront || fromCloudFront(req))) {
-        const url = req.originalUrl || req.url
-        // Longer URLs cannot become invalidation paths: left alone without a log line per request.
-        if (typeof url === 'string' && url.length > 0 && url.length <= MAX_URL_LENGTH) {
-          res[kTracked] = { req, url }
-          res.on('finish', onFinish) // emitted once; `on` is cheaper than `once`
-        }
+        // A response made by a Node server knows its request; another (a test double, say) gets a closure.
+        if (res.req === req) res.on('finish', onFinish) // emitted once; `on` is cheaper than `once`
+        else res.on('finish', () => done(req, res))
       }
     } catch (err) {
       report(err)
