@@ -104,6 +104,24 @@ describe('storeUrl writes behind', () => {
     await invl.disconnect()
   })
 
+  it('flush(), listUrls() and a send wait for setUrlTTL and removeUrl calls nobody awaited', async () => {
+    const dist = await env.newDistribution()
+    const invl = env.tracker({ cf: { dist }, flushIntervalMs: 30_000 })
+    await Promise.all(['/gone', '/short', '/kept', '/sent-gone'].map((u) => invl.storeUrl(u)))
+    invl.removeUrl('/gone')
+    invl.setUrlTTL('/short', 3600)
+    await invl.flush()
+    const stored = await inRedis()
+    assert.deepEqual(stored.map(([u]) => u), ['/kept', '/sent-gone', '/short'])
+    assert.notEqual(stored.find(([u]) => u === '/short')[1], 'inf')
+    invl.removeUrl('/short')
+    assert.deepEqual(await invl.listUrls(), ['/kept', '/sent-gone'])
+    invl.removeUrl('/sent-gone')
+    const report = await invl.sendInvalidation()
+    assert.equal(report.paths, 1)
+    assert.deepEqual(await env.received(dist), ['/kept'])
+  })
+
   it('stores each URL as normalize() says, whichever way it goes in', async () => {
     const invl = env.tracker({ flushIntervalMs: 30_000 })
     const urls = [
