@@ -115,7 +115,7 @@ declare namespace createTracker {
     kept: number
     /** Batches resumed from an earlier send. */
     resumed: number
-    /** Flood-guard wildcards sent. */
+    /** Flood-guard wildcards sent (or, in a dry run, that would be). */
     overflow: string[]
     /** True when `maxPaths` collapsed paths into wildcards. */
     collapsed: boolean
@@ -186,7 +186,7 @@ declare namespace createTracker {
     setUrlTTL(url: string, ttlInSec: number): Promise<void>
     /** Stops tracking a URL. */
     removeUrl(url: string): Promise<void>
-    /** Every URL the next send will invalidate. */
+    /** Every path the next send will invalidate, sorted: tracked URLs and flood-guard wildcards. */
     listUrls(): Promise<string[]>
     /** Writes buffered URLs to the store now. */
     flush(): Promise<void>

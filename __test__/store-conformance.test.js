@@ -121,6 +121,23 @@ for (const [kind, storeOptions] of Object.entries(kinds)) {
       assert.deepEqual(await tracker.listUrls(), ['/a', '/b'])
     })
 
+    it('flood-guard wildcards are listed, in a dry run, and sent as listed', async () => {
+      // A buffer of 5 URLs: the other 15 stored in the same run are covered by their wildcard instead.
+      const { tracker, dist } = await fresh({ bufferCapacity: 5, flushIntervalMs: 30_000 })
+      const urls = Array.from({ length: 20 }, (_, i) => `/img/${i}.png`)
+      await Promise.all(urls.map((u) => tracker.storeUrl(u)))
+      const listed = await tracker.listUrls()
+      assert.equal(listed.length, 6)
+      assert.ok(listed.includes('/img/*'), listed.join(' '))
+      const dry = await tracker.sendInvalidation({ dryRun: true })
+      assert.deepEqual(dry.overflow, ['/img/*'])
+      const planned = dry.batches.flatMap((b) => b.paths).sort()
+      assert.deepEqual(planned, listed)
+      const report = await tracker.sendInvalidation()
+      assert.deepEqual(report.overflow, ['/img/*'])
+      assert.deepEqual(await env.received(dist), planned)
+    })
+
     it('sendInvalidation({ wait: true }) reports completed batches', async () => {
       const { tracker } = await fresh({ pollIntervalMs: 50 })
       await tracker.storeUrl('/w')

@@ -307,7 +307,7 @@ mod tests {
         assert_eq!(buf.len(), 2);
         buf.flush(&store, usize::MAX).await.unwrap();
         buf.written(w1).await.unwrap();
-        assert_eq!(store.list().await.unwrap(), vec!["/a", "/b"]);
+        assert_eq!(store.list().await.unwrap().urls, vec!["/a", "/b"]);
     }
 
     #[tokio::test]

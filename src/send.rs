@@ -671,7 +671,9 @@ pub async fn send(
         ..SendReport::default()
     };
     if opts.dry_run {
-        let (planned, collapsed) = plan(store.list().await?, Vec::new(), cfg);
+        let listing = store.list().await?;
+        report.overflow.clone_from(&listing.overflow);
+        let (planned, collapsed) = plan(listing.urls, listing.overflow, cfg);
         report.collapsed = collapsed;
         for b in planned {
             report.paths += b.paths.len();

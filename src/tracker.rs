@@ -5,7 +5,7 @@ use crate::cloudfront::{CfConfig, CloudFront, DistributionInfo};
 use crate::error::{Error, Result};
 use crate::paths;
 use crate::send::{self, Log, SendConfig, SendOptions, SendReport};
-use crate::store::{now_ms, Store};
+use crate::store::{now_ms, Listing, Store};
 use std::borrow::Cow;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
@@ -258,10 +258,14 @@ impl Tracker {
         self.store.remove(&[path]).await
     }
 
-    /// Every URL the next send will invalidate.
+    /// Every path the next send will invalidate: tracked URLs and flood-guard wildcards, sorted.
     pub async fn list(&self) -> Result<Vec<String>> {
         self.flush().await?;
-        self.store.list().await
+        let Listing { mut urls, overflow } = self.store.list().await?;
+        urls.extend(overflow);
+        urls.sort_unstable();
+        urls.dedup();
+        Ok(urls)
     }
 
     /// Sends every tracked URL to CloudFront.

@@ -6,7 +6,9 @@
 //! Claims live in this process only: a JavaScript store keeps no in-flight state of ours.
 
 use super::memory::add_overflow;
-use super::{month_key, new_claim_id, now_ms, Claim, Entry, PlannedBatch, PutOutcome, Store};
+use super::{
+    month_key, new_claim_id, now_ms, Claim, Entry, Listing, PlannedBatch, PutOutcome, Store,
+};
 use crate::error::{Error, Result};
 use crate::paths::{self, PathRules};
 use async_trait::async_trait;
@@ -303,12 +305,18 @@ impl Store for JsStore {
         Ok(())
     }
 
-    async fn list(&self) -> Result<Vec<String>> {
-        let mut all: BTreeSet<String> = self.all_keys().await?.into_iter().collect();
-        for c in self.lock().claims.values() {
-            all.extend(c.urls.iter().cloned());
+    async fn list(&self) -> Result<Listing> {
+        let mut urls: BTreeSet<String> = self.all_keys().await?.into_iter().collect();
+        let state = self.lock();
+        let mut overflow = state.overflow.clone();
+        for c in state.claims.values() {
+            urls.extend(c.urls.iter().cloned());
+            overflow.extend(c.overflow.iter().cloned());
         }
-        Ok(all.into_iter().collect())
+        Ok(Listing {
+            urls: urls.into_iter().collect(),
+            overflow: overflow.into_iter().collect(),
+        })
     }
 
     async fn claim(&self, _lease_ms: u64) -> Result<Vec<Claim>> {

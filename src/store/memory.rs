@@ -1,6 +1,8 @@
 //! The native in-memory store (`store: 'memory://'`): one process, nothing survives it.
 
-use super::{month_key, new_claim_id, now_ms, Claim, Entry, PlannedBatch, PutOutcome, Store};
+use super::{
+    month_key, new_claim_id, now_ms, Claim, Entry, Listing, PlannedBatch, PutOutcome, Store,
+};
 use crate::error::Result;
 use async_trait::async_trait;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -121,14 +123,19 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn list(&self) -> Result<Vec<String>> {
+    async fn list(&self) -> Result<Listing> {
         let mut state = self.lock();
         state.purge_expired(now_ms());
-        let mut all: BTreeSet<String> = state.urls.keys().cloned().collect();
+        let mut urls: BTreeSet<String> = state.urls.keys().cloned().collect();
+        let mut overflow = state.overflow.clone();
         for claim in state.claims.values() {
-            all.extend(claim.urls.keys().cloned());
+            urls.extend(claim.urls.keys().cloned());
+            overflow.extend(claim.overflow.iter().cloned());
         }
-        Ok(all.into_iter().collect())
+        Ok(Listing {
+            urls: urls.into_iter().collect(),
+            overflow: overflow.into_iter().collect(),
+        })
     }
 
     async fn claim(&self, lease_ms: u64) -> Result<Vec<Claim>> {
@@ -273,7 +280,7 @@ mod tests {
         store.save_plan(&claim.id, plan.clone()).await.unwrap();
         store.batch_done(&claim.id, 0, &plan[0]).await.unwrap();
         store.release(&claim.id).await.unwrap();
-        assert_eq!(store.list().await.unwrap(), vec!["/b"]);
+        assert_eq!(store.list().await.unwrap().urls, vec!["/b"]);
 
         let resumed = store.claim(60_000).await.unwrap().remove(0);
         assert!(resumed.resumed);
@@ -284,7 +291,7 @@ mod tests {
         let other = vec![batch(&["/b", "/a"])];
         assert_eq!(store.save_plan(&claim.id, other).await.unwrap(), plan);
         store.finish(&claim.id).await.unwrap();
-        assert!(store.list().await.unwrap().is_empty());
+        assert!(store.list().await.unwrap().urls.is_empty());
         assert_eq!(store.billed_this_month().await.unwrap(), 1);
     }
 
@@ -294,9 +301,13 @@ mod tests {
         let many: Vec<Entry> = (0..100).map(|i| entry(&format!("/img/{i}"))).collect();
         let outcome = store.put(&many, 10).await.unwrap();
         assert_eq!(outcome.overflowed, 90);
-        assert_eq!(store.list().await.unwrap().len(), 10);
+        let listing = store.list().await.unwrap();
+        assert_eq!(listing.urls.len(), 10);
+        assert_eq!(listing.overflow, vec!["/img/*"]);
         let claim = store.claim(1000).await.unwrap().remove(0);
         assert_eq!(claim.overflow, vec!["/img/*"]);
+        // Claimed and not yet sent, the wildcard is still listed.
+        assert_eq!(store.list().await.unwrap().overflow, vec!["/img/*"]);
         // An already tracked URL is updated, not overflowed.
         store.put(&[entry("/img/0")], 0).await.unwrap();
     }
@@ -309,7 +320,7 @@ mod tests {
             expires_at: Some(now_ms() - 1),
         };
         store.put(&[past, entry("/new")], 10).await.unwrap();
-        assert_eq!(store.list().await.unwrap(), vec!["/new"]);
+        assert_eq!(store.list().await.unwrap().urls, vec!["/new"]);
         assert_eq!(store.claim(1000).await.unwrap()[0].urls, vec!["/new"]);
     }
 }

@@ -47,6 +47,15 @@ impl PlannedBatch {
     }
 }
 
+/// What the next send will send (see [`Store::list`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Listing {
+    /// Tracked URLs, sorted, each once.
+    pub urls: Vec<String>,
+    /// Wildcards the flood guard recorded when the store was full, sorted, each once.
+    pub overflow: Vec<String>,
+}
+
 /// What a sender has claimed: tracked URLs taken out of the tracked set, atomically, for one send.
 #[derive(Clone, Debug, Default)]
 pub struct Claim {
@@ -101,8 +110,9 @@ pub trait Store: Send + Sync + 'static {
     /// Stop tracking these URLs.
     async fn remove(&self, paths: &[String]) -> Result<()>;
 
-    /// Every URL that will be sent by the next send: tracked, unexpired, and those in claims not yet sent.
-    async fn list(&self) -> Result<Vec<String>>;
+    /// Everything the next send will send: tracked, unexpired URLs and flood-guard wildcards, and those of claims not
+    /// yet sent.
+    async fn list(&self) -> Result<Listing>;
 
     /// Claims for a send: first every claim whose lease has run out (a sender that died or gave up), then a new claim
     /// of everything tracked now (if anything is). Each returned claim is leased to the caller for `lease_ms`.

@@ -11,7 +11,9 @@
 //! ever names a key outside the prefix, and nothing lists the keyspace.
 
 use super::memory::MAX_OVERFLOW_WILDCARDS;
-use super::{month_key, new_claim_id, now_ms, Claim, Entry, PlannedBatch, PutOutcome, Store};
+use super::{
+    month_key, new_claim_id, now_ms, Claim, Entry, Listing, PlannedBatch, PutOutcome, Store,
+};
 use crate::error::{Error, Result};
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -590,22 +592,28 @@ impl Store for RedisStore {
         Ok(())
     }
 
-    async fn list(&self) -> Result<Vec<String>> {
+    async fn list(&self) -> Result<Listing> {
         let mut con = self.conn()?;
-        let mut all: BTreeSet<String> = BTreeSet::new();
         let now = now_ms();
         let tracked: Vec<String> = con
             .zrangebyscore(&self.keys.urls, format!("({now}"), "+inf")
             .await?;
-        all.extend(tracked);
+        let mut urls: BTreeSet<String> = tracked.into_iter().collect();
+        let waiting: Vec<String> = con.smembers(&self.keys.overflow).await?;
+        let mut overflow: BTreeSet<String> = waiting.into_iter().collect();
         let ids: Vec<String> = con.zrange(&self.keys.claims, 0, -1).await?;
         for id in ids {
-            all.extend(
+            urls.extend(
                 self.read_zset(&mut con, &self.keys.claim(&id, "urls"))
                     .await?,
             );
+            let claimed: Vec<String> = con.smembers(self.keys.claim(&id, "overflow")).await?;
+            overflow.extend(claimed);
         }
-        Ok(all.into_iter().collect())
+        Ok(Listing {
+            urls: urls.into_iter().collect(),
+            overflow: overflow.into_iter().collect(),
+        })
     }
 
     async fn claim(&self, lease_ms: u64) -> Result<Vec<Claim>> {
