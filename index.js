@@ -189,12 +189,12 @@ class Tracker {
 
   /**
    * The middleware's storeUrl: a call nobody awaits, so no promise is made, and it is handed over by a timer (or
-   * with any other call); a failure to write it is logged by its write window.
+   * with any other call); a failure to write it is logged by its write window. The timer keeps the process alive
+   * until the hand-over, after which the native writer does until the write.
    */
   _gatherQuietly (url, ttl) {
     if (this._urls.length === 0 && this._timer === null) {
       this._timer = setTimeout(this._handOver, this._quietMs)
-      this._timer.unref()
     }
     this._push(url, ttl)
   }

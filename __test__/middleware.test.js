@@ -195,6 +195,25 @@ describe('middleware', () => {
     assert.deepEqual(await rawTracked(redis), ['/at-exit?x=1'])
   })
 
+  test('a process that ends on its own writes what the middleware tracked, even to a custom store', async () => {
+    const script = `
+      const http = require('node:http')
+      const createTracker = require(${JSON.stringify(require('node:path').join(__dirname, '..'))})
+      const store = { set (key) { console.log('stored ' + key) }, getAllKeys () { return [] }, clearAll () {} }
+      const invl = createTracker({ cf: { dist: 'E1' }, store, logger: { info () {}, warn: console.log, error: console.log } })
+      const mw = invl.middleware()
+      const server = http.createServer((req, res) => { mw(req, res, () => {}); res.end('ok') })
+      server.listen(0, '127.0.0.1', async () => {
+        await (await fetch('http://127.0.0.1:' + server.address().port + '/natural-end')).text()
+        server.closeAllConnections()
+        server.close()
+      })
+    `
+    const result = await runNode('-e', [script])
+    assert.equal(result.code, 0, result.stderr)
+    assert.equal(result.stdout.trim(), 'stored /natural-end')
+  })
+
   test('a middleware mounted twice tracks a request once; a router-level one sees the mount path', async () => {
     const express = require('express')
     const invl = tracker()
