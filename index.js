@@ -74,6 +74,7 @@ class Tracker {
     this._ttls = new Float64Array(GATHER_MAX)
     this._gathered = null
     this._timer = null
+    this._changes = new Set()
     this._handOver = this._handOver.bind(this)
     this._handOverPaused = () => this._handOver(true)
     if (!exitHooked) {
@@ -114,6 +115,23 @@ class Tracker {
       promise = Promise.reject(fromNative(err))
     }
     return this._settle(what, promise)
+  }
+
+  /**
+   * Runs a change to tracked URLs (setUrlTTL, removeUrl). Native calls run concurrently, so flush, listUrls,
+   * disconnect and a send first wait for the changes issued before them.
+   */
+  _change (what, fn) {
+    const promise = this._run(what, fn)
+    this._changes.add(promise)
+    const settled = () => this._changes.delete(promise)
+    promise.then(settled, settled)
+    return promise
+  }
+
+  /** Resolves once every change issued so far has settled (whether or not its caller awaits it). */
+  async _changesSettled () {
+    if (this._changes.size > 0) await Promise.allSettled([...this._changes])
   }
 
   /**
@@ -249,7 +267,7 @@ class Tracker {
 
   /** Changes how long a tracked URL stays tracked (0: until it is sent). */
   setUrlTTL (url, ttlInSec) {
-    return this._run('setUrlTTL', () => {
+    return this._change('setUrlTTL', () => {
       checkUrl(url)
       checkTtl(ttlInSec)
       return this._native.setTtl(url, ttlInSec)
@@ -258,7 +276,7 @@ class Tracker {
 
   /** Stops tracking a URL (the original's 404-handler call). */
   removeUrl (url) {
-    return this._run('removeUrl', () => {
+    return this._change('removeUrl', () => {
       checkUrl(url)
       return this._native.remove(url)
     })
@@ -266,17 +284,26 @@ class Tracker {
 
   /** Resolves to every URL the next send will invalidate. */
   listUrls () {
-    return this._run('listUrls', () => this._native.list())
+    return this._run('listUrls', async () => {
+      await this._changesSettled()
+      return this._native.list()
+    })
   }
 
-  /** Writes buffered URLs to the store now. */
+  /** Writes buffered URLs to the store now, after every setUrlTTL and removeUrl issued before. */
   flush () {
-    return this._run('flush', () => this._native.flush())
+    return this._run('flush', async () => {
+      await this._changesSettled()
+      return this._native.flush()
+    })
   }
 
   /** Writes buffered URLs and closes the store's connections; the next call reconnects. */
   disconnect () {
-    return this._run('disconnect', () => this._native.disconnect())
+    return this._run('disconnect', async () => {
+      await this._changesSettled()
+      return this._native.disconnect()
+    })
   }
 
   /** The path a URL is tracked and sent as. Throws on a URL that cannot become a path. */
@@ -299,6 +326,7 @@ class Tracker {
       if (options === null || typeof options !== 'object') throw argType('options', 'of type object', options)
       const wait = options.wait === true
       const dryRun = options.dryRun === true
+      await this._changesSettled()
       let raw
       try {
         raw = await this._native.send(wait, dryRun)
