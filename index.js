@@ -282,7 +282,7 @@ class Tracker {
     })
   }
 
-  /** Resolves to every URL the next send will invalidate. */
+  /** Resolves to every path the next send will invalidate, sorted: tracked URLs and flood-guard wildcards. */
   listUrls () {
     return this._run('listUrls', async () => {
       await this._changesSettled()
