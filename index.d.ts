@@ -182,9 +182,9 @@ declare namespace createTracker {
     constructor(options: Options)
     /** Tracks a URL; resolves once it is in the store. `{ wildcard: true }` tracks a wildcard you ask for. */
     storeUrl(url: string, ttlInSec?: number | { ttl?: number; wildcard?: boolean }): Promise<void>
-    /** Changes how long a tracked URL stays tracked (0: until sent). */
+    /** Changes how long a tracked URL stays tracked (0: until sent); in order with storeUrl, resolves once written. */
     setUrlTTL(url: string, ttlInSec: number): Promise<void>
-    /** Stops tracking a URL. */
+    /** Stops tracking a URL; in order with storeUrl, resolves once written. */
     removeUrl(url: string): Promise<void>
     /** Every path the next send will invalidate, sorted: tracked URLs and flood-guard wildcards. */
     listUrls(): Promise<string[]>

@@ -74,7 +74,6 @@ class Tracker {
     this._ttls = new Float64Array(GATHER_MAX)
     this._gathered = null
     this._timer = null
-    this._changes = new Set()
     this._handOver = this._handOver.bind(this)
     this._handOverPaused = () => this._handOver(true)
     if (!exitHooked) {
@@ -118,20 +117,18 @@ class Tracker {
   }
 
   /**
-   * Runs a change to tracked URLs (setUrlTTL, removeUrl). Native calls run concurrently, so flush, listUrls,
-   * disconnect and a send first wait for the changes issued before them.
+   * Runs a call the native buffer takes in order (storeUrl, setUrlTTL, removeUrl): `fn` returns its write window,
+   * whose promise it shares. `quiet(err)` true leaves a refusal unlogged.
    */
-  _change (what, fn) {
-    const promise = this._run(what, fn)
-    this._changes.add(promise)
-    const settled = () => this._changes.delete(promise)
-    promise.then(settled, settled)
-    return promise
-  }
-
-  /** Resolves once every change issued so far has settled (whether or not its caller awaits it). */
-  async _changesSettled () {
-    if (this._changes.size > 0) await Promise.allSettled([...this._changes])
+  _buffered (what, fn, quiet) {
+    let window
+    try {
+      this._handOver()
+      window = fn()
+    } catch (err) {
+      return this._settle(what, Promise.reject(fromNative(err)), quiet)
+    }
+    return this._writtenIn(window)
   }
 
   /**
@@ -141,7 +138,6 @@ class Tracker {
   storeUrl (url, ttlInSec) {
     const ttl = gatherableTtl(url, ttlInSec)
     if (ttl !== undefined) return this._gather(url, ttl)
-    this._handOver()
     return this._trackNow(url, ttlInSec)
   }
 
@@ -155,14 +151,12 @@ class Tracker {
       this._gatherQuietly(url, ttl)
       return
     }
-    this._handOver()
     this._trackNow(url, ttlInSec, true)
   }
 
   /** storeUrl through its own native call, which validates the URL fully. */
   _trackNow (url, ttlInSec, quietArgs = false) {
-    let window
-    try {
+    return this._buffered('storeUrl', () => {
       checkUrl(url)
       let ttl
       let wildcard = false
@@ -176,18 +170,15 @@ class Tracker {
           ttl = ttlInSec
         }
       }
-      window = this._native.track(url, ttl, wildcard)
-    } catch (err) {
-      return this._settle('storeUrl', Promise.reject(fromNative(err)), quietArgs ? isArgumentError : undefined)
-    }
-    return this._writtenIn(window)
+      return this._native.track(url, ttl, wildcard)
+    }, quietArgs ? isArgumentError : undefined)
   }
 
   /** The promise of write window `window` (one per window, its failure logged once). */
   _writtenIn (window) {
     if (window !== this._window) {
       this._window = window
-      this._written = this._settle('storeUrl', this._native.written(window).catch((err) => { throw fromNative(err) }))
+      this._written = this._settle('writing to the store', this._native.written(window).catch((err) => { throw fromNative(err) }))
     }
     return this._written
   }
@@ -267,7 +258,7 @@ class Tracker {
 
   /** Changes how long a tracked URL stays tracked (0: until it is sent). */
   setUrlTTL (url, ttlInSec) {
-    return this._change('setUrlTTL', () => {
+    return this._buffered('setUrlTTL', () => {
       checkUrl(url)
       checkTtl(ttlInSec)
       return this._native.setTtl(url, ttlInSec)
@@ -276,7 +267,7 @@ class Tracker {
 
   /** Stops tracking a URL (the original's 404-handler call). */
   removeUrl (url) {
-    return this._change('removeUrl', () => {
+    return this._buffered('removeUrl', () => {
       checkUrl(url)
       return this._native.remove(url)
     })
@@ -284,26 +275,17 @@ class Tracker {
 
   /** Resolves to every path the next send will invalidate, sorted: tracked URLs and flood-guard wildcards. */
   listUrls () {
-    return this._run('listUrls', async () => {
-      await this._changesSettled()
-      return this._native.list()
-    })
+    return this._run('listUrls', () => this._native.list())
   }
 
-  /** Writes buffered URLs to the store now, after every setUrlTTL and removeUrl issued before. */
+  /** Writes buffered calls (storeUrl, setUrlTTL, removeUrl) to the store now. */
   flush () {
-    return this._run('flush', async () => {
-      await this._changesSettled()
-      return this._native.flush()
-    })
+    return this._run('flush', () => this._native.flush())
   }
 
-  /** Writes buffered URLs and closes the store's connections; the next call reconnects. */
+  /** Writes buffered calls and closes the store's connections; the next call reconnects. */
   disconnect () {
-    return this._run('disconnect', async () => {
-      await this._changesSettled()
-      return this._native.disconnect()
-    })
+    return this._run('disconnect', () => this._native.disconnect())
   }
 
   /** The path a URL is tracked and sent as. Throws on a URL that cannot become a path. */
@@ -326,7 +308,6 @@ class Tracker {
       if (options === null || typeof options !== 'object') throw argType('options', 'of type object', options)
       const wait = options.wait === true
       const dryRun = options.dryRun === true
-      await this._changesSettled()
       let raw
       try {
         raw = await this._native.send(wait, dryRun)

@@ -104,6 +104,23 @@ describe('storeUrl writes behind', () => {
     await invl.disconnect()
   })
 
+  it('a URL stored right after its removal or TTL change stays tracked, without expiry', async () => {
+    const invl = env.tracker()
+    const urls = Array.from({ length: 200 }, (_, i) => `/again/${i}`)
+    await Promise.all(urls.map((u) => invl.storeUrl(u)))
+    for (const u of urls) {
+      invl.removeUrl(u)
+      invl.storeUrl(u)
+      invl.setUrlTTL(u, 60)
+      invl.storeUrl(u)
+    }
+    await invl.flush()
+    const stored = await inRedis()
+    assert.deepEqual(stored.map(([u]) => u), [...urls].sort())
+    assert.ok(stored.every(([, score]) => score === 'inf'))
+    await invl.disconnect()
+  })
+
   it('flush(), listUrls() and a send wait for setUrlTTL and removeUrl calls nobody awaited', async () => {
     const dist = await env.newDistribution()
     const invl = env.tracker({ cf: { dist }, flushIntervalMs: 30_000 })

@@ -1,5 +1,7 @@
-//! The write-behind buffer behind `storeUrl`: calls land in a hash map that collapses duplicates (the latest TTL
-//! wins); one writer moves it to the store in pipelined batches. Callers learn when their window reached the store.
+//! The write-behind buffer behind `storeUrl`, `removeUrl` and `setUrlTTL`: calls land in hash maps that keep the
+//! latest call per URL (a later `storeUrl` replaces an earlier removal or TTL change, the latest TTL wins); one writer
+//! moves them to the store in pipelined batches. Callers learn when their window reached the store. Since every
+//! change goes through the buffer, changes reach the store in the order they were made.
 
 use crate::error::{Error, Result};
 use crate::store::{Entry, PutOutcome, Store};
@@ -23,9 +25,15 @@ struct Progress {
 /// from the internet.
 type Entries = HashMap<String, Option<u64>, foldhash::fast::RandomState>;
 
+/// Expiry changes of URLs not buffered, applied to those the store tracks.
+type Expiries = HashMap<String, Option<u64>, foldhash::fast::RandomState>;
+
 #[derive(Default)]
 struct Pending {
     entries: Entries,
+    /// URLs to stop tracking. A URL is in at most one of `entries`, `removals` and `expiries` (its latest call).
+    removals: BTreeSet<String>,
+    expiries: Expiries,
     overflow: BTreeSet<String>,
     window: u64,
     /// Calls so far, to tell a pause from a steady stream of repeated URLs.
@@ -38,6 +46,22 @@ const GATHER_STEP: Duration = Duration::from_millis(1);
 const BURST: usize = 256;
 /// Calls per gathering step that make a burst (about 250,000 a second); a server's steady stream is far below.
 const BURST_RATE: u64 = 256;
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+            && self.removals.is_empty()
+            && self.expiries.is_empty()
+            && self.overflow.is_empty()
+    }
+
+    /// True when a call on `path` waits to be written.
+    fn has_call(&self, path: &str) -> bool {
+        self.entries.contains_key(path)
+            || self.removals.contains(path)
+            || self.expiries.contains_key(path)
+    }
+}
 
 /// A bounded, deduplicating buffer of URLs on their way to the store.
 pub struct WriteBuffer {
@@ -89,7 +113,13 @@ impl WriteBuffer {
     ) -> u64 {
         let mut p = self.lock();
         let before = p.entries.len();
+        let empty = p.is_empty();
         for (path, expires_at) in urls {
+            if !p.removals.is_empty() || !p.expiries.is_empty() {
+                // Storing the URL again sets its expiry in the store, whatever an earlier call changed.
+                p.removals.remove(path.as_ref());
+                p.expiries.remove(path.as_ref());
+            }
             if let Some(e) = p.entries.get_mut(path.as_ref()) {
                 *e = expires_at;
             } else if p.entries.len() < self.capacity {
@@ -102,27 +132,45 @@ impl WriteBuffer {
         }
         let (window, after) = (p.window, p.entries.len());
         drop(p);
-        // The first URL of a window starts the writer's clock; a full window wakes it at once.
-        if before == 0 || (before < self.threshold && after >= self.threshold) {
+        // The first call of a window starts the writer's clock; a full window wakes it at once.
+        if empty || (before < self.threshold && after >= self.threshold) {
             self.wake.notify_one();
         }
         window
     }
 
-    /// Forgets a buffered URL (it was removed before it reached the store).
-    pub fn forget(&self, path: &str) {
-        self.lock().entries.remove(path);
+    /// Stops tracking a URL: forgets it if it is buffered, and removes it from the store in the next write, before
+    /// anything stored after this call. Returns the write window.
+    pub fn remove(&self, path: String) -> u64 {
+        self.change(|p| {
+            p.entries.remove(&path);
+            p.expiries.remove(&path);
+            p.removals.insert(path);
+        })
     }
 
-    /// Changes the expiry of a buffered URL; false when it is not buffered.
-    pub fn set_expiry(&self, path: &str, expires_at: Option<u64>) -> bool {
-        match self.lock().entries.get_mut(path) {
-            Some(e) => {
+    /// Changes how long a URL stays tracked: a buffered URL at once, one in the store with the next write (nothing
+    /// when the store does not track it). Returns the write window.
+    pub fn set_expiry(&self, path: String, expires_at: Option<u64>) -> u64 {
+        self.change(|p| {
+            if let Some(e) = p.entries.get_mut(&path) {
                 *e = expires_at;
-                true
+            } else if !p.removals.contains(&path) {
+                p.expiries.insert(path, expires_at);
             }
-            None => false,
+        })
+    }
+
+    fn change(&self, f: impl FnOnce(&mut Pending)) -> u64 {
+        let mut p = self.lock();
+        let empty = p.is_empty();
+        f(&mut p);
+        let window = p.window;
+        drop(p);
+        if empty {
+            self.wake.notify_one();
         }
+        window
     }
 
     /// URLs waiting to be written.
@@ -130,16 +178,9 @@ impl WriteBuffer {
         self.lock().entries.len()
     }
 
-    /// True when nothing (no URL, no overflow wildcard) waits to be written.
+    /// True when nothing (no URL, removal, expiry change or overflow wildcard) waits to be written.
     pub fn is_empty(&self) -> bool {
-        let p = self.lock();
-        p.entries.is_empty() && p.overflow.is_empty()
-    }
-
-    /// Holds off writes while the caller changes a URL both here and in the store, so a write already taken from the
-    /// buffer cannot land after (and undo) the change.
-    pub async fn exclusive(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        self.writer.lock().await
+        self.lock().is_empty()
     }
 
     /// Resolves when `window` reached the store, or fails with the error of its first failed write attempt.
@@ -161,7 +202,7 @@ impl WriteBuffer {
     /// Writes everything buffered now to the store.
     pub async fn flush(&self, store: &dyn Store, max_tracked: usize) -> Result<PutOutcome> {
         let _writer = self.writer.lock().await;
-        let (entries, overflow, window) = {
+        let (entries, removals, expiries, overflow, window) = {
             let mut p = self.lock();
             let window = p.window;
             p.window += 1;
@@ -172,16 +213,26 @@ impl WriteBuffer {
                     &mut p.entries,
                     Entries::with_capacity_and_hasher(size, Default::default()),
                 ),
+                std::mem::take(&mut p.removals),
+                std::mem::take(&mut p.expiries),
                 std::mem::take(&mut p.overflow),
                 window,
             )
         };
+        let removals: Vec<String> = removals.into_iter().collect();
         let batch: Vec<Entry> = entries
             .into_iter()
             .map(|(path, expires_at)| Entry { path, expires_at })
             .collect();
         let overflow: Vec<String> = overflow.into_iter().collect();
+        // A URL is in one of these only: the order among them does not matter.
         let result = async {
+            if !removals.is_empty() {
+                store.remove(&removals).await?;
+            }
+            for (path, expires_at) in &expiries {
+                store.set_expiry(path, *expires_at).await?;
+            }
             let mut outcome = PutOutcome::default();
             if !batch.is_empty() {
                 outcome = store.put(&batch, max_tracked).await?;
@@ -200,10 +251,25 @@ impl WriteBuffer {
                 Ok(outcome)
             }
             Err(e) => {
-                // Keep what could not be written; anything pushed since is newer and wins.
+                // Keep what could not be written (changes already made are made again, to the same effect); a call
+                // made since on the same URL is newer and wins.
                 let mut p = self.lock();
                 for e in batch {
-                    p.entries.entry(e.path).or_insert(e.expires_at);
+                    if let Some(newer) = p.expiries.remove(&e.path) {
+                        p.entries.insert(e.path, newer);
+                    } else if !p.has_call(&e.path) {
+                        p.entries.insert(e.path, e.expires_at);
+                    }
+                }
+                for path in removals {
+                    if !p.has_call(&path) {
+                        p.removals.insert(path);
+                    }
+                }
+                for (path, expires_at) in expiries {
+                    if !p.has_call(&path) {
+                        p.expiries.insert(path, expires_at);
+                    }
                 }
                 for w in overflow {
                     crate::store::memory::add_overflow(&mut p.overflow, &w);
@@ -308,6 +374,38 @@ mod tests {
         buf.flush(&store, usize::MAX).await.unwrap();
         buf.written(w1).await.unwrap();
         assert_eq!(store.list().await.unwrap().urls, vec!["/a", "/b"]);
+    }
+
+    #[tokio::test]
+    async fn removals_and_ttl_changes_reach_the_store_in_call_order() {
+        let buf = WriteBuffer::new(100, 50);
+        let store = MemoryStore::new();
+        for u in [
+            "/again",
+            "/gone",
+            "/stored-after-ttl",
+            "/short",
+            "/removed-then-ttl",
+        ] {
+            buf.push(u.into(), None);
+        }
+        buf.flush(&store, usize::MAX).await.unwrap();
+        let expired = Some(1); // a past expiry: the URL stops being tracked
+        buf.remove("/again".into());
+        buf.push("/again".into(), None);
+        buf.push("/gone".into(), None);
+        buf.remove("/gone".into());
+        buf.set_expiry("/stored-after-ttl".into(), expired);
+        buf.push("/stored-after-ttl".into(), None);
+        buf.set_expiry("/short".into(), expired);
+        buf.remove("/removed-then-ttl".into());
+        buf.set_expiry("/removed-then-ttl".into(), None);
+        buf.flush(&store, usize::MAX).await.unwrap();
+        assert!(buf.is_empty());
+        assert_eq!(
+            store.list().await.unwrap().urls,
+            vec!["/again", "/stored-after-ttl"]
+        );
     }
 
     #[tokio::test]

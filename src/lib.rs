@@ -401,18 +401,16 @@ impl NativeTracker {
         })
     }
 
-    /// Changes a tracked URL's TTL.
+    /// Changes a tracked URL's TTL, in order with the other calls; returns the write window.
     #[napi]
-    pub async fn set_ttl(&self, url: String, ttl_in_sec: f64) -> napi::Result<()> {
-        let t = self.inner.clone();
-        guarded(async move { t.set_ttl(&url, ttl_in_sec).await }).await
+    pub fn set_ttl(&self, url: String, ttl_in_sec: f64) -> napi::Result<i64> {
+        guarded_sync(|| self.inner.set_ttl(&url, ttl_in_sec)).map(|w| w as i64)
     }
 
-    /// Stops tracking a URL.
+    /// Stops tracking a URL, in order with the other calls; returns the write window.
     #[napi]
-    pub async fn remove(&self, url: String) -> napi::Result<()> {
-        let t = self.inner.clone();
-        guarded(async move { t.remove(&url).await }).await
+    pub fn remove(&self, url: String) -> napi::Result<i64> {
+        guarded_sync(|| self.inner.remove(&url)).map(|w| w as i64)
     }
 
     /// Every URL the next send will invalidate.

@@ -239,23 +239,20 @@ impl Tracker {
         Ok(true)
     }
 
-    /// Changes how long a tracked URL stays tracked (`0`: until sent).
-    pub async fn set_ttl(&self, url: &str, ttl_secs: f64) -> Result<()> {
+    /// Changes how long a tracked URL stays tracked (`0`: until sent), in order with the other calls. Returns the
+    /// write window that makes the change in the store.
+    pub fn set_ttl(self: &Arc<Self>, url: &str, ttl_secs: f64) -> Result<u64> {
         let expires_at = expiry(Some(ttl_secs))?;
         let path = self.normalize(url)?;
-        let _writes = self.buffer.exclusive().await;
-        if self.buffer.set_expiry(&path, expires_at) {
-            return Ok(());
-        }
-        self.store.set_expiry(&path, expires_at).await
+        self.start_flusher();
+        Ok(self.buffer.set_expiry(path, expires_at))
     }
 
-    /// Stops tracking a URL.
-    pub async fn remove(&self, url: &str) -> Result<()> {
+    /// Stops tracking a URL, in order with the other calls. Returns the write window that removes it from the store.
+    pub fn remove(self: &Arc<Self>, url: &str) -> Result<u64> {
         let path = self.normalize(url)?;
-        let _writes = self.buffer.exclusive().await;
-        self.buffer.forget(&path);
-        self.store.remove(&[path]).await
+        self.start_flusher();
+        Ok(self.buffer.remove(path))
     }
 
     /// Every path the next send will invalidate: tracked URLs and flood-guard wildcards, sorted.
