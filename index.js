@@ -74,6 +74,8 @@ class Tracker {
     this._ttls = new Float64Array(GATHER_MAX)
     this._gathered = null
     this._timer = null
+    this._sweepers = new Set()
+    this._sweeping = false
     this._handOver = this._handOver.bind(this)
     this._handOverPaused = () => this._handOver(true)
     if (!exitHooked) {
@@ -217,16 +219,44 @@ class Tracker {
   }
 
   /**
-   * Hands the gathered calls to the native tracker, in order. Every other method does this first. `paused`: the
-   * synchronous run of calls ended (the event loop came round), so the writer need not wait for more.
+   * Asks for `sweeper.sweep()` at the next hand-over, at most `_quietMs` from now (the middleware's way of deciding
+   * the responses it saw, many at a time). `sweep()` returns true while it holds responses to look at again.
+   */
+  _sweepSoon (sweeper) {
+    this._sweepers.add(sweeper)
+    if (this._timer === null) this._timer = setTimeout(this._handOver, this._quietMs)
+  }
+
+  /** Runs the sweeps asked for; one that tracks enough to fill the gathering does not sweep again from inside. */
+  _sweep () {
+    this._sweeping = true
+    try {
+      for (const sweeper of this._sweepers) {
+        if (!sweeper.sweep()) this._sweepers.delete(sweeper)
+      }
+    } finally {
+      this._sweeping = false
+    }
+  }
+
+  /**
+   * Hands the gathered calls to the native tracker, in order, after the middleware's sweeps. Every other method does
+   * this first. `paused`: the synchronous run of calls ended (the event loop came round), so the writer need not wait
+   * for more.
    */
   _handOver (paused = false) {
+    if (this._sweepers.size !== 0 && !this._sweeping) this._sweep()
     if (this._timer !== null) {
       clearTimeout(this._timer)
       this._timer = null
     }
     const n = this._urls.length
-    if (n === 0) return
+    if (n !== 0) this._handOverGathered(n, paused)
+    // Responses still in progress are looked at again at the next hand-over.
+    if (this._sweepers.size !== 0 && this._timer === null) this._timer = setTimeout(this._handOver, this._quietMs)
+  }
+
+  _handOverGathered (n, paused) {
     const urls = this._urls
     const gathered = this._gathered
     this._urls = []

@@ -158,6 +158,41 @@ describe('middleware', () => {
     }
   })
 
+  test('a response is decided when it ends: slow and streamed ones count, one destroyed before its end does not', async () => {
+    const invl = tracker()
+    await invl.storeUrl('/slow-gone')
+    await invl.flush()
+    const later = (ms, fn) => setTimeout(fn, ms)
+    const app = require('express')()
+    app.use(invl.middleware())
+    // Each ends after several of the middleware's 10 ms sweeps, so it is looked at again, then on its 'finish'.
+    app.get('/slow', (req, res) => later(80, () => res.set('Cache-Control', 'public').send('slow')))
+    app.get('/streamed', (req, res) => {
+      res.write('part 1, ')
+      later(40, () => res.write('part 2, '))
+      later(80, () => res.end('end'))
+    })
+    app.get('/slow-private', (req, res) => later(80, () => res.set('Cache-Control', 'private').send('mine')))
+    app.get('/slow-gone', (req, res) => later(80, () => res.sendStatus(404)))
+    app.get('/cut-off', (req, res) => {
+      res.write('part 1')
+      later(40, () => res.destroy())
+    })
+    const server = await listen(app)
+    try {
+      assert.deepEqual(await hit(server.url, [['GET', '/slow'], ['GET', '/streamed'], ['GET', '/slow-private'],
+        ['GET', '/slow-gone']]), [200, 200, 200, 404])
+      const cutOff = await fetch(server.url + '/cut-off')
+      await assert.rejects(cutOff.text())
+      await sleep(100) // sweeps that would see it
+      await assertTracked(invl, ['/slow', '/streamed'])
+      assert.deepEqual(await rawTracked(redis), ['/slow', '/streamed'])
+    } finally {
+      await server.close()
+      await invl.disconnect()
+    }
+  })
+
   test('a response that is not a Node server\'s (a test double without res.req) is tracked on its finish', async () => {
     const { EventEmitter } = require('node:events')
     const invl = tracker()
