@@ -5,7 +5,7 @@
 //
 //   npm run bench                  full run (a few minutes)
 //   npm run bench -- --smoke       short run for CI (< 60 s); also BENCH_SMOKE=1
-//   npm run bench -- --only=calls,express,send
+//   npm run bench -- --only=calls,express,instructions,send
 //   npm run bench -- --cloudfront=fake   send to the test suite's fake CloudFront instead of bench/cloudfront.js
 //   BENCH_CPU_PROF=/tmp/prof npm run bench   profiles every child process (--cpu-prof)
 //
@@ -13,8 +13,9 @@
 // A missed target is reported, not enforced.
 
 const os = require('node:os')
+const fs = require('node:fs')
 const path = require('node:path')
-const { fork, execFileSync } = require('node:child_process')
+const { fork, spawn, execFileSync } = require('node:child_process')
 
 const autocannon = require('autocannon')
 const { startRedis } = require('../__test__/helpers/services')
@@ -34,12 +35,14 @@ const URLS_KEY = '{cfit}:urls'
 const BASELINE_KEY = 'bench:baseline'
 const URL_SPACE = 100_000
 
+const PARTS = ['calls', 'express', 'instructions', 'send']
+
 function parseArgs (argv, env) {
   const smoke = argv.includes('--smoke') || env.BENCH_SMOKE === '1'
   const onlyArg = argv.find((a) => a.startsWith('--only='))
-  const only = new Set(onlyArg ? onlyArg.slice('--only='.length).split(',') : ['calls', 'express', 'send'])
+  const only = new Set(onlyArg ? onlyArg.slice('--only='.length).split(',') : PARTS)
   for (const part of only) {
-    if (!['calls', 'express', 'send'].includes(part)) throw new RangeError(`--only takes calls, express, send; not ${part}`)
+    if (!PARTS.includes(part)) throw new RangeError(`--only takes ${PARTS.join(', ')}; not ${part}`)
   }
   const cfArg = argv.find((a) => a.startsWith('--cloudfront='))
   const cloudfront = cfArg ? cfArg.slice('--cloudfront='.length) : 'stub'
@@ -59,6 +62,7 @@ const FULL = {
     { workload: 'unique', depth: 4, tracker: 1_000_000, baseline: 200_000 }
   ],
   express: { warmupSec: 2, rounds: 10, roundSec: 2, connections: 10 },
+  instructions: { warmup: 500, requests: 1500, connections: 10 },
   send: [100_000, 1_000_000],
   childTimeoutMs: 300_000
 }
@@ -71,6 +75,7 @@ const SMOKE = {
     { workload: 'unique', depth: 4, tracker: 100_000, baseline: 30_000 }
   ],
   express: { warmupSec: 0, rounds: 1, roundSec: 1, connections: 10 },
+  instructions: null, // valgrind makes it minutes long
   send: [10_000],
   childTimeoutMs: 60_000
 }
@@ -123,10 +128,13 @@ async function measureCalls ({ redis, cf, side, workload, n, depth, timeoutMs })
 // ---------------------------------------------------------------------------
 // Express with and without the middleware
 
-function startServer (args, timeoutMs) {
-  const child = fork(path.join(__dirname, 'server.js'), [JSON.stringify(args)], {
-    stdio: ['ignore', 'inherit', 'inherit', 'ipc']
-  })
+/** Starts bench/server.js with `args`; `wrapper` (e.g. valgrind and its flags) runs it under another program. */
+function startServer (args, timeoutMs, wrapper = null, nodeFlags = []) {
+  const script = [...nodeFlags, path.join(__dirname, 'server.js'), JSON.stringify(args)]
+  const stdio = ['ignore', 'inherit', 'inherit', 'ipc']
+  const child = wrapper
+    ? spawn(wrapper[0], [...wrapper.slice(1), process.execPath, ...script], { stdio })
+    : fork(script[nodeFlags.length], script.slice(nodeFlags.length + 1), { stdio, execArgv: nodeFlags })
   let exited = false
   const exit = new Promise((resolve) => child.once('exit', () => { exited = true; resolve() }))
   const listening = new Promise((resolve, reject) => {
@@ -165,12 +173,13 @@ function startServer (args, timeoutMs) {
   }
 }
 
+/** Loads a server for `seconds`, or with `{ amount }` requests, with Zipf-ranked catalog paths. */
 async function loadTest (port, seconds, connections, ranks) {
   let next = 0
   const result = await autocannon({
     url: `http://127.0.0.1:${port}`,
     connections,
-    duration: seconds,
+    ...(typeof seconds === 'number' ? { duration: seconds } : seconds),
     requests: [{
       method: 'GET',
       setupRequest (req) {
@@ -285,6 +294,67 @@ async function measureExpress ({ redis, cf, settings, timeoutMs }) {
 }
 
 // ---------------------------------------------------------------------------
+// Express: instructions per request, counted by valgrind
+
+// How much slower a server runs under callgrind, roughly: the tracker's intervals are stretched as much, so that its
+// writes gather as many requests as they would at full speed.
+const VALGRIND_SLOWDOWN = 50
+
+function hasCallgrind () {
+  try {
+    execFileSync('valgrind', ['--version'], { stdio: 'ignore' })
+    execFileSync('callgrind_control', ['--version'], { stdio: 'ignore' })
+    return true
+  } catch {
+    return false
+  }
+}
+
+/** The instruction count (Ir) a callgrind output file sums up. */
+function callgrindTotal (file) {
+  const m = /^(?:summary|totals): (\d+)/m.exec(fs.readFileSync(file, 'utf8'))
+  if (!m) throw new Error(`no instruction count in ${file}`)
+  return Number(m[1])
+}
+
+/**
+ * Instructions the server's main thread runs per request, with each middleware in turn, under callgrind: after
+ * `warmup` requests the counters are zeroed, and after `requests` more they are dumped. Counted instructions do not
+ * depend on what else the machine is doing; they are no measure of time, but they show what a request costs.
+ */
+async function measureInstructions ({ redis, cf, settings, timeoutMs }) {
+  const { warmup, requests, connections } = settings
+  const ranks = zipfRanks(warmup + requests, URL_SPACE, { seed: 11 })
+  const perRequest = {}
+  for (const side of EXPRESS_SIDES) {
+    await redis.client.command('FLUSHALL')
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cfit-callgrind-'))
+    const out = path.join(dir, 'callgrind.out')
+    const args = { redisUrl: redis.url, endpoint: cf.endpoint, dist: DIST, middleware: side, slowdown: VALGRIND_SLOWDOWN }
+    const server = startServer(args, timeoutMs, ['valgrind', '--tool=callgrind', '--smc-check=all-non-file',
+      '--separate-threads=yes', `--callgrind-out-file=${out}`, `--log-file=${path.join(dir, 'valgrind.log')}`],
+    // V8 compiles and collects garbage on this thread alone, at points that do not depend on timing
+    ['--predictable'])
+    try {
+      const port = await server.listening
+      await loadTest(port, { amount: warmup }, connections, ranks)
+      execFileSync('callgrind_control', ['--zero', String(server.pid)], { stdio: 'ignore' })
+      const load = await loadTest(port, { amount: requests }, connections, ranks.slice(warmup))
+      if (load.errors) throw new Error(`${load.errors} errors/non-2xx under callgrind`)
+      execFileSync('callgrind_control', ['--dump', String(server.pid)], { stdio: 'ignore' })
+      // The dump of the main thread ('-01'); callgrind numbers dumps from 1.
+      const dump = fs.readdirSync(dir).find((f) => /^callgrind\.out\.1-01$/.test(f))
+      if (!dump) throw new Error('callgrind wrote no dump')
+      perRequest[side] = callgrindTotal(path.join(dir, dump)) / load.requests
+    } finally {
+      await server.stop().catch(() => server.kill())
+      fs.rmSync(dir, { recursive: true, force: true })
+    }
+  }
+  return { perRequest, settings }
+}
+
+// ---------------------------------------------------------------------------
 // sendInvalidation
 
 const sendPath = (i) => `/catalog/item-${i}.html`
@@ -357,7 +427,7 @@ function machine (redisVersion) {
   ]
 }
 
-function report ({ mode, cloudfront, settings, machineLines, calls, express, sends, failures }) {
+function report ({ mode, cloudfront, settings, machineLines, calls, express, instructions, sends, notes: partNotes, failures }) {
   const lines = []
   lines.push(`## cf-invalidation-tracker benchmark (${mode} run)`, '')
   lines.push(...machineLines.map((l) => `${l}  `), '')
@@ -428,6 +498,22 @@ function report ({ mode, cloudfront, settings, machineLines, calls, express, sen
       (express.errors ? ` ${express.errors} errors/non-2xx.` : ''))
   }
 
+  if (instructions) {
+    const { perRequest: ir, settings: i } = instructions
+    const share = (side) => `${((ir.none / ir[side]) * 100).toFixed(1)}%`
+    lines.push(`| Express, instructions per request (server main thread, callgrind), without / with \`middleware()\` | ` +
+      `${int(ir.tracker)} | ${int(ir.none)} | ${share('tracker')} | | |`)
+    lines.push('| Control: instructions per request, without / with a middleware that only calls `next()` | ' +
+      `${int(ir.noop)} | ${int(ir.none)} | ${share('noop')} | | |`)
+    notes.push(`- Instructions: each server alone under valgrind's callgrind, ${int(i.requests)} requests of the same Zipf ` +
+      `mix (${i.connections} connections) counted after ${int(i.warmup)} uncounted ones; node runs with V8's ` +
+      '`--predictable` (garbage collection and compilation on the main thread, at points that do not depend on timing), ' +
+      'and the count is that thread (JavaScript, V8, libuv, the native hand-over), without the writer\'s threads. ' +
+      'Counts do not depend on the machine\'s load, so they show small differences the side-by-side rates cannot. ' +
+      `Under callgrind the server runs about ${VALGRIND_SLOWDOWN} times slower; the tracker's intervals are stretched ` +
+      'as much, so that each write gathers as many requests as at full speed. The ratio is without / with.')
+  }
+
   if (sends) {
     for (const s of sends) {
       const isTarget = s.size === 1_000_000
@@ -452,6 +538,7 @@ function report ({ mode, cloudfront, settings, machineLines, calls, express, sen
   }
 
   if (mode === 'smoke') notes.push('- Smoke run: small sizes; targets are reported, not meaningful. The 1,000,000-URL send runs only in the full run.')
+  notes.push(...partNotes)
   for (const f of failures) notes.push(`- ERROR in ${f.what}: ${f.message}`)
   lines.push('', ...notes)
   return lines.join('\n')
@@ -466,7 +553,8 @@ async function main () {
   let redis
   let cf
   const failures = []
-  const results = { calls: null, express: null, sends: null }
+  const results = { calls: null, express: null, instructions: null, sends: null }
+  const notes = []
   try {
     redis = await startRedis()
     cf = cloudfront === 'fake'
@@ -506,6 +594,16 @@ async function main () {
       progress('Express with and without the middleware')
       results.express = await step('Express', () => measureExpress({ redis, cf, settings: settings.express, timeoutMs }))
     }
+    if (only.has('instructions')) {
+      if (!settings.instructions) {
+        notes.push('- Instructions per request: not counted in a smoke run.')
+      } else if (!hasCallgrind()) {
+        notes.push('- Instructions per request: not counted (valgrind is not installed).')
+      } else {
+        progress('Express under callgrind: instructions per request')
+        results.instructions = await step('instructions', () => measureInstructions({ redis, cf, settings: settings.instructions, timeoutMs }))
+      }
+    }
     if (only.has('send')) {
       results.sends = await step('sendInvalidation', async () => {
         const out = []
@@ -523,6 +621,7 @@ async function main () {
       settings,
       machineLines,
       ...results,
+      notes,
       failures
     }) + '\n')
     return failures.length

@@ -2,7 +2,7 @@
 
 // Child process: an Express app on 127.0.0.1 with one cacheable GET route, and before it the tracker's middleware
 // ('tracker'), a middleware that only calls next() ('noop', the cost of an Express layer itself), or nothing ('none').
-// Arguments (JSON): { middleware, redisUrl, endpoint, dist }. Sends { type: 'listening', port }, serves until told
+// Arguments (JSON): { middleware, redisUrl, endpoint, dist, slowdown? }. Sends { type: 'listening', port }, serves until told
 // { type: 'stop' }, then reports how many requests it served and the CPU time it used.
 
 const { REPO_ROOT } = require('./lib')
@@ -16,7 +16,11 @@ app.disable('etag')
 let tracker = null
 if (args.middleware === 'tracker') {
   const createTracker = require(REPO_ROOT)
-  tracker = createTracker({ cf: { dist: args.dist, endpoint: args.endpoint }, redis: { url: args.redisUrl }, logger: false })
+  // `slowdown`: the server runs that many times slower (under valgrind); the writer's interval (50 ms by default) and
+  // the middleware's hand-over (10 ms) are stretched as much, so that each gathers as many requests as at full speed.
+  const flushIntervalMs = args.slowdown ? 50 * args.slowdown : undefined
+  tracker = createTracker({ cf: { dist: args.dist, endpoint: args.endpoint }, redis: { url: args.redisUrl }, logger: false, flushIntervalMs })
+  if (args.slowdown) tracker._quietMs = 10 * args.slowdown
   app.use(tracker.middleware())
 } else if (args.middleware === 'noop') {
   app.use((req, res, next) => next())
