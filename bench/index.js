@@ -62,7 +62,7 @@ const FULL = {
     { workload: 'unique', depth: 4, tracker: 1_000_000, baseline: 200_000 }
   ],
   express: { warmupSec: 2, rounds: 10, roundSec: 2, connections: 10 },
-  instructions: { warmup: 500, requests: 1500, connections: 10 },
+  instructions: { warmup: 3000, requests: 3000, connections: 10 },
   send: [100_000, 1_000_000],
   childTimeoutMs: 300_000
 }
@@ -506,7 +506,8 @@ function report ({ mode, cloudfront, settings, machineLines, calls, express, ins
     lines.push('| Control: instructions per request, without / with a middleware that only calls `next()` | ' +
       `${int(ir.noop)} | ${int(ir.none)} | ${share('noop')} | | |`)
     notes.push(`- Instructions: each server alone under valgrind's callgrind, ${int(i.requests)} requests of the same Zipf ` +
-      `mix (${i.connections} connections) counted after ${int(i.warmup)} uncounted ones; node runs with V8's ` +
+      `mix (${i.connections} connections) counted after ${int(i.warmup)} uncounted ones, by when V8 has compiled the ` +
+      'hot code (with fewer, the compiler\'s one-time work swamps the difference); node runs with V8\'s ' +
       '`--predictable` (garbage collection and compilation on the main thread, at points that do not depend on timing), ' +
       'and the count is that thread (JavaScript, V8, libuv, the native hand-over), without the writer\'s threads. ' +
       'Counts do not depend on the machine\'s load, so they show small differences the side-by-side rates cannot. ' +
