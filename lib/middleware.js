@@ -1,6 +1,6 @@
 'use strict'
 
-// Express/connect middleware: tracks the URL of every cacheable response once it has been sent.
+// Express/connect middleware: tracks the URL of every cacheable response once it has ended.
 
 const { ServerResponse, OutgoingMessage } = require('node:http')
 const { argType, argValue } = require('./errors')
@@ -139,15 +139,20 @@ function middleware (tracker, options = {}) {
 
   function settle (url, res, carry) {
     if (res.finished) {
-      done(url, null, res, getHeader.call(res, 'cache-control'))
+      decide(url, res)
     } else if (res.destroyed) {
       // never ended: not tracked, as 'finish' never comes
     } else if (carry) {
       carriedUrls.push(url)
       carried.push(res)
     } else {
-      res.on('finish', () => done(url, null, res, getHeader.call(res, 'cache-control')))
+      res.on('finish', () => decide(url, res))
     }
+  }
+
+  /** Decides a Node server's response that has ended. */
+  function decide (url, res) {
+    done(url, null, res, getHeader.call(res, 'cache-control'))
   }
 
   /** Decides a response that has ended; `req` is null when it is to be found as `res.req` (read only if needed). */
