@@ -130,11 +130,12 @@ async function measureCalls ({ redis, cf, side, workload, n, depth, timeoutMs })
 
 /** Starts bench/server.js with `args`; `wrapper` (e.g. valgrind and its flags) runs it under another program. */
 function startServer (args, timeoutMs, wrapper = null, nodeFlags = []) {
-  const script = [...nodeFlags, path.join(__dirname, 'server.js'), JSON.stringify(args)]
+  const file = path.join(__dirname, 'server.js')
+  const argv = [JSON.stringify(args)]
   const stdio = ['ignore', 'inherit', 'inherit', 'ipc']
   const child = wrapper
-    ? spawn(wrapper[0], [...wrapper.slice(1), process.execPath, ...script], { stdio })
-    : fork(script[nodeFlags.length], script.slice(nodeFlags.length + 1), { stdio, execArgv: nodeFlags })
+    ? spawn(wrapper[0], [...wrapper.slice(1), process.execPath, ...nodeFlags, file, ...argv], { stdio })
+    : fork(file, argv, { stdio, execArgv: nodeFlags })
   let exited = false
   const exit = new Promise((resolve) => child.once('exit', () => { exited = true; resolve() }))
   const listening = new Promise((resolve, reject) => {
@@ -173,13 +174,13 @@ function startServer (args, timeoutMs, wrapper = null, nodeFlags = []) {
   }
 }
 
-/** Loads a server for `seconds`, or with `{ amount }` requests, with Zipf-ranked catalog paths. */
-async function loadTest (port, seconds, connections, ranks) {
+/** Loads a server for `length` (seconds, or `{ amount }` requests) with Zipf-ranked catalog paths. */
+async function loadTest (port, length, connections, ranks) {
   let next = 0
   const result = await autocannon({
     url: `http://127.0.0.1:${port}`,
     connections,
-    ...(typeof seconds === 'number' ? { duration: seconds } : seconds),
+    ...(typeof length === 'number' ? { duration: length } : length),
     requests: [{
       method: 'GET',
       setupRequest (req) {
@@ -342,16 +343,16 @@ async function measureInstructions ({ redis, cf, settings, timeoutMs }) {
       const load = await loadTest(port, { amount: requests }, connections, ranks.slice(warmup))
       if (load.errors) throw new Error(`${load.errors} errors/non-2xx under callgrind`)
       execFileSync('callgrind_control', ['--dump', String(server.pid)], { stdio: 'ignore' })
-      // The dump of the main thread ('-01'); callgrind numbers dumps from 1.
-      const dump = fs.readdirSync(dir).find((f) => /^callgrind\.out\.1-01$/.test(f))
-      if (!dump) throw new Error('callgrind wrote no dump')
-      perRequest[side] = callgrindTotal(path.join(dir, dump)) / load.requests
+      // The first dump ('.1') of the main thread ('-01').
+      const dump = `${out}.1-01`
+      if (!fs.existsSync(dump)) throw new Error('callgrind wrote no dump')
+      perRequest[side] = callgrindTotal(dump) / load.requests
     } finally {
       await server.stop().catch(() => server.kill())
       fs.rmSync(dir, { recursive: true, force: true })
     }
   }
-  return { perRequest, settings }
+  return perRequest
 }
 
 // ---------------------------------------------------------------------------
@@ -499,7 +500,8 @@ function report ({ mode, cloudfront, settings, machineLines, calls, express, ins
   }
 
   if (instructions) {
-    const { perRequest: ir, settings: i } = instructions
+    const ir = instructions
+    const i = settings.instructions
     const share = (side) => `${((ir.none / ir[side]) * 100).toFixed(1)}%`
     lines.push(`| Express, instructions per request (server main thread, callgrind), without / with \`middleware()\` | ` +
       `${int(ir.tracker)} | ${int(ir.none)} | ${share('tracker')} | | |`)

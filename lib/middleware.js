@@ -116,24 +116,18 @@ function middleware (tracker, options = {}) {
   // Express gives each request's objects a hidden class of their own, so each property the sweep reads costs a
   // lookup in V8's runtime per request: it reads as few as it can (`finished`, what `writableEnded` returns, and the
   // status) and calls `getHeader` without looking it up on the response.
-  let urls = [] // URLs of the responses noted since the last sweep
-  let noted = [] // those responses
-  let carriedUrls = [] // URLs of the responses still in progress at the last sweep
-  let carried = [] // those responses
+  let noted = [] // URL, response, URL, response…: the responses noted since the last sweep
+  let carried = [] // the same, of the responses still in progress at the last sweep
   const sweeper = { sweep }
   const sweeps = typeof tracker._sweepSoon === 'function'
 
   function sweep () {
-    const olderUrls = carriedUrls
     const older = carried
-    const newerUrls = urls
     const newer = noted
-    carriedUrls = []
     carried = []
-    urls = []
     noted = []
-    for (let i = 0; i < older.length; i++) settle(olderUrls[i], older[i], false)
-    for (let i = 0; i < newer.length; i++) settle(newerUrls[i], newer[i], true)
+    for (let i = 0; i < older.length; i += 2) settle(older[i], older[i + 1], false)
+    for (let i = 0; i < newer.length; i += 2) settle(newer[i], newer[i + 1], true)
     return carried.length !== 0
   }
 
@@ -143,8 +137,7 @@ function middleware (tracker, options = {}) {
     } else if (res.destroyed) {
       // never ended: not tracked, as 'finish' never comes
     } else if (carry) {
-      carriedUrls.push(url)
-      carried.push(res)
+      carried.push(url, res)
     } else {
       res.on('finish', () => decide(url, res))
     }
@@ -182,8 +175,7 @@ function middleware (tracker, options = {}) {
         // The URL the request came with (Express and connect keep it as `originalUrl` while they route).
         const url = req.originalUrl || req.url
         if (sweeps && res instanceof ServerResponse) {
-          urls.push(url)
-          if (noted.push(res) === 1) tracker._sweepSoon(sweeper)
+          if (noted.push(url, res) === 2) tracker._sweepSoon(sweeper)
         } else {
           // Another kind of response (a test double, say), or a tracker of another kind: decided on 'finish'.
           res.on('finish', () => done(url, req, res, typeof res.getHeader === 'function' ? res.getHeader('cache-control') : undefined))
