@@ -21,9 +21,11 @@ function isArgumentError (err) {
 // characters, as in '%E2%82%AC'); any other goes through the native call that can refuse it with its own error.
 const GATHER_MAX = 4096
 const GATHERABLE_LENGTH = Math.floor(MAX_URL_LENGTH / 9)
-// Calls nobody awaits (the middleware's) are handed over at most this long after the first of them, by one timer,
-// rather than once per event-loop turn: under load many responses share one crossing. Capped by flushIntervalMs.
-const QUIET_HANDOVER_MS = 10
+// Calls nobody awaits (the middleware's) are handed over by one timer, once per write interval (flushIntervalMs, 50 ms
+// by default, as in the native writer), and written at once: a busy server's responses of an interval share one
+// sweep, one crossing and one write. Each of these costs more than its instructions (it runs with cold caches
+// between requests), so fewer, larger ones cost a server less.
+const DEFAULT_FLUSH_INTERVAL_MS = 50
 // How long process exit may block writing what is still buffered.
 const EXIT_FLUSH_MS = 1000
 
@@ -59,7 +61,7 @@ function checkTtl (ttl, name = 'ttlInSec') {
 class Tracker {
   constructor (options) {
     const { native, logger, dispatch } = parseOptions(options)
-    this._quietMs = Math.min(QUIET_HANDOVER_MS, native.flushIntervalMs ?? QUIET_HANDOVER_MS)
+    this._quietMs = native.flushIntervalMs ?? DEFAULT_FLUSH_INTERVAL_MS
     this._logger = logger
     const log = logger ? ({ level, message }) => this._log(level, message) : undefined
     try {
@@ -78,6 +80,7 @@ class Tracker {
     this._sweeping = false
     this._handOver = this._handOver.bind(this)
     this._handOverPaused = () => this._handOver(true)
+    this._handOverDue = () => this._handOver(false, true)
     if (!exitHooked) {
       process.once('exit', flushAtExit)
       exitHooked = true
@@ -205,7 +208,7 @@ class Tracker {
    */
   _gatherQuietly (url, ttl) {
     if (this._urls.length === 0 && this._timer === null) {
-      this._timer = setTimeout(this._handOver, this._quietMs)
+      this._timer = setTimeout(this._handOverDue, this._quietMs)
     }
     this._push(url, ttl)
   }
@@ -224,7 +227,7 @@ class Tracker {
    */
   _sweepSoon (sweeper) {
     this._sweepers.add(sweeper)
-    if (this._timer === null) this._timer = setTimeout(this._handOver, this._quietMs)
+    if (this._timer === null) this._timer = setTimeout(this._handOverDue, this._quietMs)
   }
 
   /** Runs the sweeps asked for; one that tracks enough to fill the gathering does not sweep again from inside. */
@@ -242,21 +245,21 @@ class Tracker {
   /**
    * Hands the gathered calls to the native tracker, in order, after the middleware's sweeps. Every other method does
    * this first. `paused`: the synchronous run of calls ended (the event loop came round), so the writer need not wait
-   * for more.
+   * for more. `due`: the timer's hand-over, of calls gathered for an interval: written at once.
    */
-  _handOver (paused = false) {
+  _handOver (paused = false, due = false) {
     if (this._sweepers.size !== 0 && !this._sweeping) this._sweep()
     if (this._timer !== null) {
       clearTimeout(this._timer)
       this._timer = null
     }
     const n = this._urls.length
-    if (n !== 0) this._handOverGathered(n, paused)
+    if (n !== 0) this._handOverGathered(n, paused, due)
     // Responses still in progress are looked at again at the next hand-over.
-    if (this._sweepers.size !== 0 && this._timer === null) this._timer = setTimeout(this._handOver, this._quietMs)
+    if (this._sweepers.size !== 0 && this._timer === null) this._timer = setTimeout(this._handOverDue, this._quietMs)
   }
 
-  _handOverGathered (n, paused) {
+  _handOverGathered (n, paused, due) {
     const urls = this._urls
     const gathered = this._gathered
     this._urls = []
@@ -264,7 +267,7 @@ class Tracker {
     if (gathered !== null) clearImmediate(gathered.immediate)
     let written
     try {
-      written = this._writtenIn(this._native.trackBatch(urls.join(''), this._lengths.subarray(0, n), this._ttls.subarray(0, n), paused))
+      written = this._writtenIn(this._native.trackBatch(urls.join(''), this._lengths.subarray(0, n), this._ttls.subarray(0, n), paused, due))
     } catch (err) {
       // Not expected for URLs that passed the gathering check; tracked one by one, so that a refusal costs one URL.
       this._log('error', `cf-invalidation-tracker: storeUrl batch failed (${fromNative(err).message}); tracking its URLs one by one`)

@@ -159,13 +159,14 @@ describe('middleware', () => {
   })
 
   test('a response is decided when it ends: slow and streamed ones count, one destroyed before its end does not', async () => {
-    const invl = tracker()
+    // The middleware sweeps once per write interval: each response below ends after several 10 ms sweeps, so it is
+    // looked at again, then decided on its 'finish'.
+    const invl = tracker({ flushIntervalMs: 10 })
     await invl.storeUrl('/slow-gone')
     await invl.flush()
     const later = (ms, fn) => setTimeout(fn, ms)
     const app = require('express')()
     app.use(invl.middleware())
-    // Each ends after several of the middleware's 10 ms sweeps, so it is looked at again, then on its 'finish'.
     app.get('/slow', (req, res) => later(80, () => res.set('Cache-Control', 'public').send('slow')))
     app.get('/streamed', (req, res) => {
       res.write('part 1, ')

@@ -61,7 +61,7 @@ const FULL = {
     { workload: 'unique', depth: 1, tracker: 1_000_000, baseline: 200_000 },
     { workload: 'unique', depth: 4, tracker: 1_000_000, baseline: 200_000 }
   ],
-  express: { warmupSec: 2, rounds: 10, roundSec: 2, connections: 10 },
+  express: { warmupSec: 2, rounds: 15, roundSec: 2, connections: 10 },
   instructions: { warmup: 3000, requests: 3000, connections: 10 },
   send: [100_000, 1_000_000],
   childTimeoutMs: 300_000
@@ -235,11 +235,10 @@ function median (values) {
 const EXPRESS_SIDES = ['none', 'noop', 'tracker']
 
 /**
- * Express with the middleware against without, side by side: in each round, two servers are loaded at the same time
- * (one autocannon each) for `roundSec` and share one core, so that whatever else the machine does hits both alike;
- * the server that costs more per request serves fewer. Rounds alternate between the pair measured (without / with
- * the middleware) and the control pair (without / with a middleware that only calls next()). Each ratio is the
- * median of its rounds.
+ * Express with the middleware against without, side by side: in each round, the three servers (without, with the
+ * middleware, with a middleware that only calls next()) are loaded at the same time (one autocannon each) for
+ * `roundSec` and share one core, so that whatever else the machine does hits them alike and none of them idles while
+ * another is measured; the server that costs more per request serves fewer. Each ratio is the median of its rounds.
  */
 async function measureExpress ({ redis, cf, settings, timeoutMs }) {
   const raw = redis.client
@@ -252,25 +251,19 @@ async function measureExpress ({ redis, cf, settings, timeoutMs }) {
     const pinned = pinCores(EXPRESS_SIDES.map((side) => servers[side].pid), [process.pid, redis.pid])
     const ranks = zipfRanks(1_000_000, URL_SPACE, { seed: 7 })
     const { warmupSec, rounds, roundSec, connections } = settings
-    const pair = (a, b, seconds) => Promise.all([
-      loadTest(ports[a], seconds, connections, ranks),
-      loadTest(ports[b], seconds, connections, ranks)
-    ])
-    if (warmupSec > 0) {
-      await pair('none', 'tracker', warmupSec)
-      await pair('none', 'noop', warmupSec)
-    }
+    const all = (seconds) => Promise.all(EXPRESS_SIDES.map((side) => loadTest(ports[side], seconds, connections, ranks)))
+    if (warmupSec > 0) await all(warmupSec)
     const rates = { tracker: [], noop: [], none: [] }
     const ratios = { tracker: [], noop: [] }
     let errors = 0
     for (let round = 0; round < rounds; round++) {
-      for (const side of ['tracker', 'noop']) {
-        const [base, other] = await pair('none', side, roundSec)
-        errors += base.errors + other.errors
-        rates.none.push(base.requests / base.seconds)
-        rates[side].push(other.requests / other.seconds)
-        ratios[side].push((other.requests / other.seconds) / (base.requests / base.seconds))
+      const loads = await all(roundSec)
+      const rate = Object.fromEntries(EXPRESS_SIDES.map((side, i) => [side, loads[i].requests / loads[i].seconds]))
+      for (const [i, side] of EXPRESS_SIDES.entries()) {
+        errors += loads[i].errors
+        rates[side].push(rate[side])
       }
+      for (const side of ['tracker', 'noop']) ratios[side].push(rate[side] / rate.none)
     }
     const stats = {}
     for (const side of EXPRESS_SIDES) stats[side] = await servers[side].stop()
@@ -485,11 +478,11 @@ function report ({ mode, cloudfront, settings, machineLines, calls, express, ins
     const e = settings.express
     const range = (values) => `${pct(Math.min(...values))} to ${pct(Math.max(...values))}`
     const cpu = (side) => `${express.serverCpuMicros[side].toFixed(1)} µs`
-    notes.push(`- Express ${require('express/package.json').version}: two servers loaded at the same time, one ` +
-      `autocannon of ${e.connections} connections each, ${e.rounds} round${e.rounds === 1 ? '' : 's'} of ${e.roundSec} s per pair` +
-      (e.warmupSec ? ` after a ${e.warmupSec} s warm-up` : '') + ', alternating between the pair measured and the ' +
-      'control pair; whatever else the machine does hits both servers of a round alike. Requests/s are medians per round ' +
-      '(each server had half a core); each ratio is the median of the per-round ratios ' +
+    notes.push(`- Express ${require('express/package.json').version}: the three servers (without, with the middleware, ` +
+      `with the no-op one) loaded at the same time, one autocannon of ${e.connections} connections each, ` +
+      `${e.rounds} round${e.rounds === 1 ? '' : 's'} of ${e.roundSec} s` + (e.warmupSec ? ` after a ${e.warmupSec} s warm-up` : '') +
+      '; whatever else the machine does hits them alike, and none idles while another is measured. Requests/s are ' +
+      'medians per round (each server had a third of a core); each ratio is the median of the per-round ratios ' +
       `(with the middleware: ${range(express.ratios.tracker)}; control: ${range(express.ratios.noop)}). ` +
       (express.pinned ? `Pinned: ${express.pinned}. ` : 'Not pinned to cores (no taskset, or one core). ') +
       'Each server is its own node process serving a Zipf(1.0) mix of GET URLs over 100,000 paths with ' +

@@ -16,11 +16,11 @@ app.disable('etag')
 let tracker = null
 if (args.middleware === 'tracker') {
   const createTracker = require(REPO_ROOT)
-  // `slowdown`: the server runs that many times slower (under valgrind); the writer's interval (50 ms by default) and
-  // the middleware's hand-over (10 ms) are stretched as much, so that each gathers as many requests as at full speed.
+  // `slowdown`: the server runs that many times slower (under valgrind); the write interval (50 ms by default, which
+  // also paces the middleware's hand-over) is stretched as much, so that each write gathers as many requests as at
+  // full speed.
   const flushIntervalMs = args.slowdown ? 50 * args.slowdown : undefined
   tracker = createTracker({ cf: { dist: args.dist, endpoint: args.endpoint }, redis: { url: args.redisUrl }, logger: false, flushIntervalMs })
-  if (args.slowdown) tracker._quietMs = 10 * args.slowdown
   app.use(tracker.middleware())
 } else if (args.middleware === 'noop') {
   app.use((req, res, next) => next())

@@ -109,9 +109,9 @@ function middleware (tracker, options = {}) {
     : (url, seconds) => handled(tracker.storeUrl(url, seconds))
 
   // A response is decided once it has ended, when its status and headers are final. The middleware only notes it
-  // (and its URL): the tracker sweeps the noted responses at its next hand-over, at most 10 ms later, many at a time,
-  // so that a request allocates nothing and adds no listener and no property to the response. A response still in
-  // progress at its first sweep is looked at again at the next; at the second, it gets a 'finish' listener instead.
+  // (and its URL): the tracker sweeps the noted responses at its next hand-over (once per write interval), many at a
+  // time, so that a request allocates nothing and adds no listener and no property to the response. A response still
+  // in progress at its first sweep is looked at again at the next; at the second, it gets a 'finish' listener instead.
   // One destroyed before it ended is not tracked.
   // Express gives each request's objects a hidden class of their own, so each property the sweep reads costs a
   // lookup in V8's runtime per request: it reads as few as it can (`finished`, what `writableEnded` returns, and the

@@ -38,6 +38,8 @@ struct Pending {
     window: u64,
     /// Calls so far, to tell a pause from a steady stream of repeated URLs.
     calls: u64,
+    /// The caller asked for this window to be written now rather than at the end of the interval.
+    due: bool,
 }
 
 /// How often a gathering writer looks at the buffer.
@@ -102,18 +104,22 @@ impl WriteBuffer {
     /// Buffers one URL and returns the window it will be written in. When the buffer is full, a URL not already in
     /// it is covered by its overflow wildcard instead (never dropped, never unbounded).
     pub fn push(&self, path: String, expires_at: Option<u64>) -> u64 {
-        self.push_many(std::iter::once((Cow::Owned(path), expires_at)))
+        self.push_many(std::iter::once((Cow::Owned(path), expires_at)), false)
     }
 
     /// Buffers URLs under one lock (as [`WriteBuffer::push`] each) and returns the window they will be written in.
-    /// A URL already buffered costs a lookup, no allocation.
+    /// A URL already buffered costs a lookup, no allocation. `due`: write this window now, not at the end of the
+    /// interval (the caller gathered its calls for an interval already).
     pub fn push_many<'a>(
         &self,
         urls: impl IntoIterator<Item = (Cow<'a, str>, Option<u64>)>,
+        due: bool,
     ) -> u64 {
         let mut p = self.lock();
         let before = p.entries.len();
         let empty = p.is_empty();
+        let newly_due = due && !p.due;
+        p.due |= due;
         for (path, expires_at) in urls {
             if !p.removals.is_empty() || !p.expiries.is_empty() {
                 // Storing the URL again sets its expiry in the store, whatever an earlier call changed.
@@ -132,8 +138,8 @@ impl WriteBuffer {
         }
         let (window, after) = (p.window, p.entries.len());
         drop(p);
-        // The first call of a window starts the writer's clock; a full window wakes it at once.
-        if empty || (before < self.threshold && after >= self.threshold) {
+        // The first call of a window starts the writer's clock; a full or due window wakes it at once.
+        if empty || newly_due || (before < self.threshold && after >= self.threshold) {
             self.wake.notify_one();
         }
         window
@@ -206,6 +212,7 @@ impl WriteBuffer {
             let mut p = self.lock();
             let window = p.window;
             p.window += 1;
+            p.due = false;
             // The next window likely gathers as many URLs: sized for them, so that inserts do not rehash.
             let size = p.entries.len().min(self.threshold.max(BURST));
             (
@@ -291,15 +298,20 @@ impl WriteBuffer {
     }
 
     /// Gathers URLs before a write: returns when the buffer is full, when a burst of calls has stopped (its caller is
-    /// likely waiting for it), or when `interval` has passed. A burst is written within a millisecond or two of its
-    /// end; a steady stream or a trickle of calls once per interval, with the writer asleep in between.
-    pub async fn tick(&self, interval: Duration) {
+    /// likely waiting for it), when the window is due (`honour_due`), or when `interval` has passed. A burst is
+    /// written within a millisecond or two of its end, a due window at once; a steady stream or a trickle of calls
+    /// once per interval, with the writer asleep in between. A writer backing off after a failure passes
+    /// `honour_due: false`, so that calls cannot shorten its backoff.
+    pub async fn tick(&self, interval: Duration, honour_due: bool) {
         let deadline = Instant::now() + interval;
         let progress = || {
             let p = self.lock();
-            (p.calls, p.entries.len())
+            (p.calls, p.entries.len(), honour_due && p.due)
         };
-        let (mut calls, mut len) = progress();
+        let (mut calls, mut len, due) = progress();
+        if due {
+            return;
+        }
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if len >= self.threshold || left.is_zero() {
@@ -310,17 +322,17 @@ impl WriteBuffer {
                 .is_ok();
             let now = progress();
             let new_calls = now.0 - calls;
-            if (paused || new_calls == 0) && now.1 >= BURST {
-                // A burst just ended.
+            if now.2 || ((paused || new_calls == 0) && now.1 >= BURST) {
+                // Due, or a burst just ended.
                 return;
             }
             if new_calls < BURST_RATE {
-                // Not a burst: sleep out the interval, unless the buffer fills.
+                // Not a burst: sleep out the interval, unless the buffer fills or the window falls due.
                 let left = deadline.saturating_duration_since(Instant::now());
                 let _ = tokio::time::timeout(left, self.wake.notified()).await;
                 return;
             }
-            (calls, len) = now;
+            (calls, len) = (now.0, now.1);
         }
     }
 
@@ -347,7 +359,7 @@ mod tests {
             buf.push(format!("/{i}"), None);
         }
         let started = Instant::now();
-        buf.tick(Duration::from_millis(500)).await;
+        buf.tick(Duration::from_millis(500), true).await;
         assert!(
             started.elapsed() < Duration::from_millis(250),
             "{:?}",
@@ -358,8 +370,48 @@ mod tests {
         small.push("/one".into(), None);
         small.work().await; // as the writer does: the first URL wakes it
         let started = Instant::now();
-        small.tick(Duration::from_millis(40)).await;
+        small.tick(Duration::from_millis(40), true).await;
         assert!(started.elapsed() >= Duration::from_millis(40));
+    }
+
+    #[tokio::test]
+    async fn a_due_window_is_written_at_once_unless_the_writer_backs_off() {
+        let due = |buf: &WriteBuffer, path: &'static str| {
+            buf.push_many(std::iter::once((Cow::Borrowed(path), None)), true)
+        };
+        let buf = Arc::new(WriteBuffer::new(100_000, 10_000));
+        due(&buf, "/first");
+        buf.work().await;
+        let started = Instant::now();
+        buf.tick(Duration::from_secs(5), true).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+
+        // Backing off after a failure, the writer sleeps out its interval, however due the window.
+        let started = Instant::now();
+        buf.tick(Duration::from_millis(40), false).await;
+        assert!(started.elapsed() >= Duration::from_millis(40));
+
+        // A writer asleep in its interval wakes when the window falls due.
+        buf.flush(&MemoryStore::new(), usize::MAX).await.unwrap();
+        buf.push("/trickle".into(), None);
+        buf.work().await;
+        let started = Instant::now();
+        let writer = tokio::spawn({
+            let buf = buf.clone();
+            async move { buf.tick(Duration::from_secs(5), true).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        due(&buf, "/gathered");
+        writer.await.unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
     }
 
     #[tokio::test]

@@ -358,8 +358,8 @@ impl NativeTracker {
     }
 
     /// Tracks a batch of URLs in one call (index.js gathers `storeUrl` calls): `urls` is the URLs joined, `lengths`
-    /// their lengths (UTF-16 code units), `ttls` their TTLs in seconds (`0`: none); `paused`: no call follows at once.
-    /// All or none; returns the window.
+    /// their lengths (UTF-16 code units), `ttls` their TTLs in seconds (`0`: none); `paused`: no call follows at once;
+    /// `due`: gathered for an interval already (the middleware's), so written now. All or none; returns the window.
     #[napi]
     pub fn track_batch(
         &self,
@@ -367,8 +367,9 @@ impl NativeTracker {
         lengths: &[u32],
         ttls: &[f64],
         paused: bool,
+        due: bool,
     ) -> napi::Result<i64> {
-        guarded_sync(|| self.inner.track_batch(&urls, lengths, ttls, paused)).map(|w| w as i64)
+        guarded_sync(|| self.inner.track_batch(&urls, lengths, ttls, paused, due)).map(|w| w as i64)
     }
 
     /// Resolves when the URLs of write window `window` are in the store.

@@ -107,13 +107,15 @@ impl Tracker {
 
     /// Tracks a batch of URLs handed over in one call: `units` holds them back to back as UTF-16, `lengths` their
     /// lengths in code units, `ttls` their TTLs in seconds (`0`: none). Either every URL is tracked, in order, or,
-    /// when one is invalid, none is. `paused`: the caller's calls paused after these. Returns the write window.
+    /// when one is invalid, none is. `paused`: the caller's calls paused after these. `due`: the caller gathered
+    /// these for an interval already, so they are written now. Returns the write window.
     pub fn track_batch(
         self: &Arc<Self>,
         units: &[u16],
         lengths: &[u32],
         ttls: &[f64],
         paused: bool,
+        due: bool,
     ) -> Result<u64> {
         if lengths.len() != ttls.len() {
             return Err(Error::InvalidArgument(format!(
@@ -152,8 +154,8 @@ impl Tracker {
             start = end;
         }
         self.start_flusher();
-        let window = self.buffer.push_many(urls);
-        if paused {
+        let window = self.buffer.push_many(urls, due);
+        if paused && !due {
             self.buffer.calls_paused();
         }
         Ok(window)
@@ -173,7 +175,7 @@ impl Tracker {
                     if !retrying {
                         buffer.work().await;
                     }
-                    buffer.tick(backoff).await;
+                    buffer.tick(backoff, !retrying).await;
                     let Some(tracker) = weak.upgrade() else { break };
                     if tracker.buffer.is_empty() {
                         (backoff, retrying) = (interval, false);
