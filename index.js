@@ -23,8 +23,8 @@ const GATHER_MAX = 4096
 const GATHERABLE_LENGTH = Math.floor(MAX_URL_LENGTH / 9)
 // Calls nobody awaits (the middleware's) are handed over by one timer, once per write interval (flushIntervalMs, 50 ms
 // by default, as in the native writer), and written at once: a busy server's responses of an interval share one
-// sweep, one crossing and one write. Each of these costs more than its instructions (it runs with cold caches
-// between requests), so fewer, larger ones cost a server less.
+// sweep, one crossing and one write. Each of these costs a busy server more than its instructions (likely as it runs
+// with cold caches between requests): fewer, larger ones cost it less.
 const DEFAULT_FLUSH_INTERVAL_MS = 50
 // How long process exit may block writing what is still buffered.
 const EXIT_FLUSH_MS = 1000
