@@ -78,7 +78,6 @@ class Tracker {
     this._timer = null
     this._sweepers = new Set()
     this._sweeping = false
-    this._handOver = this._handOver.bind(this)
     this._handOverPaused = () => this._handOver(true)
     this._handOverDue = () => this._handOver(false, true)
     if (!exitHooked) {
