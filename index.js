@@ -21,11 +21,6 @@ function isArgumentError (err) {
 // characters, as in '%E2%82%AC'); any other goes through the native call that can refuse it with its own error.
 const GATHER_MAX = 4096
 const GATHERABLE_LENGTH = Math.floor(MAX_URL_LENGTH / 9)
-// Calls nobody awaits (the middleware's) are handed over by one timer, once per write interval (flushIntervalMs, 50 ms
-// by default, as in the native writer), and written at once: a busy server's responses of an interval share one
-// sweep, one crossing and one write. Each of these costs a busy server more than its instructions (likely as it runs
-// with cold caches between requests): fewer, larger ones cost it less.
-const DEFAULT_FLUSH_INTERVAL_MS = 50
 // How long process exit may block writing what is still buffered.
 const EXIT_FLUSH_MS = 1000
 
@@ -61,7 +56,6 @@ function checkTtl (ttl, name = 'ttlInSec') {
 class Tracker {
   constructor (options) {
     const { native, logger, dispatch } = parseOptions(options)
-    this._quietMs = native.flushIntervalMs ?? DEFAULT_FLUSH_INTERVAL_MS
     this._logger = logger
     const log = logger ? ({ level, message }) => this._log(level, message) : undefined
     try {
@@ -69,6 +63,11 @@ class Tracker {
     } catch (err) {
       throw fromNative(err)
     }
+    // Calls nobody awaits (the middleware's) are handed over by one timer, once per write interval, and written at
+    // once: a busy server's responses of an interval share one sweep, one crossing and one write. Each of these costs
+    // a busy server more than its instructions (likely as it runs with cold caches between requests): fewer, larger
+    // ones cost it less.
+    this._quietMs = this._native.flushIntervalMs
     this._window = -1
     this._written = null
     this._urls = []

@@ -505,7 +505,8 @@ function report ({ mode, cloudfront, settings, machineLines, calls, express, ins
       'hot code (with fewer, the compiler\'s one-time work swamps the difference); node runs with V8\'s ' +
       '`--predictable` (garbage collection and compilation on the main thread, at points that do not depend on timing), ' +
       'and the count is that thread (JavaScript, V8, libuv, the native hand-over), without the writer\'s threads. ' +
-      'Counts do not depend on the machine\'s load, so they show small differences the side-by-side rates cannot. ' +
+      'Counts do not depend on the machine\'s load, but they depend on timing (how many requests each event-loop turn ' +
+      'and each write gathers): with the same code, runs have differed by several percent. ' +
       `Under callgrind the server runs about ${VALGRIND_SLOWDOWN} times slower; the tracker's intervals are stretched ` +
       'as much, so that each write gathers as many requests as at full speed. The ratio is without / with.')
   }

@@ -352,6 +352,12 @@ mod tests {
     use super::*;
     use crate::store::memory::MemoryStore;
 
+    /// Fails unless at most `limit` has passed since `started`.
+    fn assert_within(started: Instant, limit: Duration) {
+        let elapsed = started.elapsed();
+        assert!(elapsed < limit, "took {elapsed:?}, more than {limit:?}");
+    }
+
     #[tokio::test]
     async fn a_paused_burst_is_written_at_once_and_a_trickle_waits_for_the_interval() {
         let buf = WriteBuffer::new(100_000, 10_000);
@@ -360,11 +366,7 @@ mod tests {
         }
         let started = Instant::now();
         buf.tick(Duration::from_millis(500), true).await;
-        assert!(
-            started.elapsed() < Duration::from_millis(250),
-            "{:?}",
-            started.elapsed()
-        );
+        assert_within(started, Duration::from_millis(250));
 
         let small = WriteBuffer::new(100_000, 10_000);
         small.push("/one".into(), None);
@@ -384,11 +386,7 @@ mod tests {
         buf.work().await;
         let started = Instant::now();
         buf.tick(Duration::from_secs(5), true).await;
-        assert!(
-            started.elapsed() < Duration::from_secs(1),
-            "{:?}",
-            started.elapsed()
-        );
+        assert_within(started, Duration::from_secs(1));
 
         // Backing off after a failure, the writer sleeps out its interval, however due the window.
         let started = Instant::now();
@@ -407,11 +405,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         due(&buf, "/gathered");
         writer.await.unwrap();
-        assert!(
-            started.elapsed() < Duration::from_secs(1),
-            "{:?}",
-            started.elapsed()
-        );
+        assert_within(started, Duration::from_secs(1));
     }
 
     #[tokio::test]

@@ -345,6 +345,13 @@ impl NativeTracker {
         guarded_sync(|| build(options, log, store)).map(|inner| NativeTracker { inner })
     }
 
+    /// How long the writer gathers calls before a write, in ms (`flushIntervalMs`, or its default): the middleware's
+    /// hand-over comes as often.
+    #[napi(getter)]
+    pub fn flush_interval_ms(&self) -> u32 {
+        u32::try_from(self.inner.flush_interval().as_millis()).unwrap_or(u32::MAX)
+    }
+
     /// Tracks a URL; returns the write window to await with `written`.
     #[napi]
     pub fn track(

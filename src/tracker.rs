@@ -83,6 +83,11 @@ impl Tracker {
     }
 
     /// The path a URL is tracked as.
+    /// How long the writer gathers calls before a write (`flushIntervalMs`).
+    pub fn flush_interval(&self) -> Duration {
+        self.config.flush_interval
+    }
+
     pub fn normalize(&self, url: &str) -> Result<String> {
         Ok(paths::normalize(url, &self.config.send.rules)?)
     }
