@@ -68,7 +68,7 @@ declare namespace createTracker {
     pollIntervalMs?: number
     /** Lease of a send's claim: a sender silent for longer is taken for dead and resumed, in ms. Default 60,000. */
     leaseMs?: number
-    /** Longest time tracked URLs gather in memory before they are written together, in ms. Default 50. */
+    /** Longest time tracked URLs gather in memory before they are written together, in ms. Default 100. */
     flushIntervalMs?: number
     /** Per-call timeout of a custom store, in ms. Default 30,000. */
     storeTimeoutMs?: number

@@ -68,6 +68,9 @@ class Tracker {
     // a busy server more than its instructions (likely as it runs with cold caches between requests): fewer, larger
     // ones cost it less.
     this._quietMs = this._native.flushIntervalMs
+    // A custom store is written to on this thread, so the process must stay alive until its writes are done (a
+    // window's promise does that); the other stores are written at exit from native code, blocking.
+    this._writesOnThisThread = dispatch !== undefined
     this._window = -1
     this._written = null
     this._urls = []
@@ -201,8 +204,8 @@ class Tracker {
 
   /**
    * The middleware's storeUrl: a call nobody awaits, so no promise is made, and it is handed over by a timer (or
-   * with any other call); a failure to write it is logged by its write window. The timer keeps the process alive
-   * until the hand-over, after which the native writer does until the write.
+   * with any other call); a failure to write it is logged by the writer, which retries. The timer keeps the process
+   * alive until the hand-over; after it, the write is made at exit if not before (see _handOverGathered).
    */
   _gatherQuietly (url, ttl) {
     if (this._urls.length === 0 && this._timer === null) {
@@ -265,7 +268,10 @@ class Tracker {
     if (gathered !== null) clearImmediate(gathered.immediate)
     let written
     try {
-      written = this._writtenIn(this._native.trackBatch(urls.join(''), this._lengths.subarray(0, n), this._ttls.subarray(0, n), paused, due))
+      const window = this._native.trackBatch(urls.join(''), this._lengths.subarray(0, n), this._ttls.subarray(0, n), paused, due)
+      // Only the middleware's calls (none from storeUrl): nobody awaits their window, so it gets no promise (the
+      // writer logs a write that fails, and retries it), unless the process must stay alive for the write.
+      if (gathered !== null || this._writesOnThisThread) written = this._writtenIn(window)
     } catch (err) {
       // Not expected for URLs that passed the gathering check; tracked one by one, so that a refusal costs one URL.
       this._log('error', `cf-invalidation-tracker: storeUrl batch failed (${fromNative(err).message}); tracking its URLs one by one`)

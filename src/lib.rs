@@ -20,7 +20,7 @@ use crate::store::js::{Dispatch, JsStore};
 use crate::store::memory::MemoryStore;
 use crate::store::redis::{RedisConfig, RedisStore};
 use crate::store::Store;
-use crate::tracker::{Tracker, TrackerConfig};
+use crate::tracker::{Tracker, TrackerConfig, DEFAULT_FLUSH_INTERVAL};
 use futures::FutureExt;
 use napi::bindgen_prelude::Utf16String;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
@@ -304,7 +304,9 @@ fn build(
             poll_interval: ms(opts.poll_interval_ms, 10_000),
         },
         max_tracked: opts.max_tracked_urls.map_or(1_000_000, |m| m as usize),
-        flush_interval: ms(opts.flush_interval_ms, 50),
+        flush_interval: opts
+            .flush_interval_ms
+            .map_or(DEFAULT_FLUSH_INTERVAL, |v| Duration::from_millis(v.into())),
         buffer_capacity: opts.buffer_capacity.map_or(100_000, |c| c.max(1) as usize),
     };
     let cf = CfConfig {

@@ -23,12 +23,16 @@ pub struct TrackerConfig {
     pub buffer_capacity: usize,
 }
 
+/// How long tracked URLs gather before they are written, unless configured: the bound, as each write costs
+/// a round trip to the store (with Redis on the same host, most of the writer's CPU time).
+pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+
 impl Default for TrackerConfig {
     fn default() -> Self {
         Self {
             send: SendConfig::default(),
             max_tracked: 1_000_000,
-            flush_interval: Duration::from_millis(50),
+            flush_interval: DEFAULT_FLUSH_INTERVAL,
             buffer_capacity: 100_000,
         }
     }
