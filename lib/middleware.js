@@ -108,10 +108,11 @@ function middleware (tracker, options = {}) {
     ? (url, seconds) => tracker._trackQuietly(url, seconds)
     : (url, seconds) => handled(tracker.storeUrl(url, seconds))
 
-  // A response is decided once it has ended, when its status and headers are final. The middleware only notes it
-  // (and its URL): the tracker sweeps the noted responses at its next hand-over (once per write interval), many at a
-  // time, so that a request allocates nothing and adds no listener and no property to the response. A response still
-  // in progress at its first sweep is looked at again at the next; at the second, it gets a 'finish' listener instead.
+  // A response is decided once it has ended, when its status and headers are final: most have ended by the time the
+  // handlers the middleware passed the request to return, and are decided then. It only notes the others (and their
+  // URL): the tracker sweeps the noted responses at its next hand-over (once per write interval), many at a time, so
+  // that a request allocates nothing and adds no listener and no property to the response. A response still in
+  // progress at its first sweep is looked at again at the next; at the second, it gets a 'finish' listener instead.
   // One destroyed before it ended is not tracked.
   // Express gives each request's objects a hidden class of their own, so each property the sweep reads costs a
   // lookup in V8's runtime per request: it reads as few as it can (`finished`, what `writableEnded` returns, and the
@@ -170,21 +171,31 @@ function middleware (tracker, options = {}) {
   }
 
   return function cfInvalidationTracker (req, res, next) {
+    let url
     try {
       if (methods.has(req.method) && (!onlyCloudFront || fromCloudFront(req))) {
         // The URL the request came with (Express and connect keep it as `originalUrl` while they route).
-        const url = req.originalUrl || req.url
-        if (sweeps && res instanceof ServerResponse) {
-          if (noted.push(url, res) === 2) tracker._sweepSoon(sweeper)
-        } else {
+        url = req.originalUrl || req.url
+        if (!sweeps || !(res instanceof ServerResponse)) {
           // Another kind of response (a test double, say), or a tracker of another kind: decided on 'finish'.
-          res.on('finish', () => done(url, req, res, typeof res.getHeader === 'function' ? res.getHeader('cache-control') : undefined))
+          const noted = url
+          res.on('finish', () => done(noted, req, res, typeof res.getHeader === 'function' ? res.getHeader('cache-control') : undefined))
+          url = undefined
         }
       }
     } catch (err) {
       report(err)
     }
     if (typeof next === 'function') next()
+    if (url === undefined) return
+    try {
+      // A handler that answered at once has ended the response by now: decided while what Node just read of it is
+      // still cached, and not held. One that answers later is noted, for the sweep.
+      if (res.finished) decide(url, res)
+      else if (noted.push(url, res) === 2) tracker._sweepSoon(sweeper)
+    } catch (err) {
+      report(err)
+    }
   }
 }
 
