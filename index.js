@@ -1,6 +1,6 @@
 'use strict'
 
-const { NativeTracker } = require('./binding.js')
+const { NativeTracker, BatchEnd } = require('./binding.js')
 const { parseOptions, MAX_URL_LENGTH } = require('./lib/options')
 const { Store } = require('./lib/store')
 const { argType, argValue, fromNative, fromCoded } = require('./lib/errors')
@@ -80,8 +80,8 @@ class Tracker {
     this._timer = null
     this._sweepers = new Set()
     this._sweeping = false
-    this._handOverPaused = () => this._handOver(true)
-    this._handOverDue = () => this._handOver(false, true)
+    this._handOverPaused = () => this._handOver(BatchEnd.Paused)
+    this._handOverDue = () => this._handOver(BatchEnd.Due)
     if (!exitHooked) {
       process.once('exit', flushAtExit)
       exitHooked = true
@@ -245,22 +245,23 @@ class Tracker {
 
   /**
    * Hands the gathered calls to the native tracker, in order, after the middleware's sweeps. Every other method does
-   * this first. `paused`: the synchronous run of calls ended (the event loop came round), so the writer need not wait
-   * for more. `due`: the timer's hand-over, of calls gathered for an interval: written at once.
+   * this first. `then` says what follows: `Running`, more calls may (the writer goes on gathering); `Paused`, the
+   * synchronous run of calls ended (the event loop came round), so the writer need not wait for more; `Due`, the
+   * timer's hand-over, of calls gathered for an interval: written at once.
    */
-  _handOver (paused = false, due = false) {
+  _handOver (then = BatchEnd.Running) {
     if (this._sweepers.size !== 0 && !this._sweeping) this._sweep()
     if (this._timer !== null) {
       clearTimeout(this._timer)
       this._timer = null
     }
     const n = this._urls.length
-    if (n !== 0) this._handOverGathered(n, paused, due)
+    if (n !== 0) this._handOverGathered(n, then)
     // Responses still in progress are looked at again at the next hand-over.
     if (this._sweepers.size !== 0 && this._timer === null) this._timer = setTimeout(this._handOverDue, this._quietMs)
   }
 
-  _handOverGathered (n, paused, due) {
+  _handOverGathered (n, then) {
     const urls = this._urls
     const gathered = this._gathered
     this._urls = []
@@ -268,7 +269,7 @@ class Tracker {
     if (gathered !== null) clearImmediate(gathered.immediate)
     let written
     try {
-      const window = this._native.trackBatch(urls.join(''), this._lengths.subarray(0, n), this._ttls.subarray(0, n), paused, due)
+      const window = this._native.trackBatch(urls.join(''), this._lengths.subarray(0, n), this._ttls.subarray(0, n), then)
       // Only the middleware's calls (none from storeUrl): nobody awaits their window, so it gets no promise (the
       // writer logs a write that fails, and retries it), unless the process must stay alive for the write.
       if (gathered !== null || this._writesOnThisThread) written = this._writtenIn(window)

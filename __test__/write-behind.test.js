@@ -9,6 +9,7 @@ const assert = require('node:assert/strict')
 const path = require('node:path')
 const { startEnv, sleep } = require('./helpers/env')
 const { runNode } = require('./helpers/run')
+const { BatchEnd } = require('../binding.js')
 
 const URLS = '{cfit}:urls'
 
@@ -171,7 +172,7 @@ describe('storeUrl writes behind', () => {
 
   it('a malformed batch handed to the native side is refused whole and tracks nothing', async () => {
     const invl = env.tracker({ flushIntervalMs: 30_000 })
-    const batch = (urls, lengths, ttls) => () => invl._native.trackBatch(urls.join(''), Uint32Array.from(lengths), Float64Array.from(ttls), false, false)
+    const batch = (urls, lengths, ttls) => () => invl._native.trackBatch(urls.join(''), Uint32Array.from(lengths), Float64Array.from(ttls), BatchEnd.Running)
     assert.throws(batch(['/a', '/b'], [2, 3], [0, 0]), /does not add up/)
     assert.throws(batch(['/a', '/b'], [2, 2], [0]), /2 URLs came with 1 TTLs/)
     assert.throws(batch(['/a', '/b'], [2, 2], [0, -1]), /ttlInSec/)

@@ -330,6 +330,27 @@ fn build(
 }
 
 /// The native half of a tracker; index.js wraps it in the public `Tracker` class.
+/// What follows a batch of calls handed to `trackBatch`, which tells the writer when to write it.
+#[napi]
+pub enum BatchEnd {
+    /// More calls may follow at once: the writer goes on gathering.
+    Running,
+    /// The calls paused (the event loop came round): a burst gathered so far is written now.
+    Paused,
+    /// Gathered for a write interval already (the middleware's): written now.
+    Due,
+}
+
+impl From<BatchEnd> for tracker::BatchEnd {
+    fn from(then: BatchEnd) -> Self {
+        match then {
+            BatchEnd::Running => Self::Running,
+            BatchEnd::Paused => Self::Paused,
+            BatchEnd::Due => Self::Due,
+        }
+    }
+}
+
 #[napi]
 pub struct NativeTracker {
     inner: Arc<Tracker>,
@@ -367,18 +388,17 @@ impl NativeTracker {
     }
 
     /// Tracks a batch of URLs in one call (index.js gathers `storeUrl` calls): `urls` is the URLs joined, `lengths`
-    /// their lengths (UTF-16 code units), `ttls` their TTLs in seconds (`0`: none); `paused`: no call follows at once;
-    /// `due`: gathered for an interval already (the middleware's), so written now. All or none; returns the window.
+    /// their lengths (UTF-16 code units), `ttls` their TTLs in seconds (`0`: none); `then`: what follows them. All or
+    /// none; returns the window.
     #[napi]
     pub fn track_batch(
         &self,
         urls: Utf16String,
         lengths: &[u32],
         ttls: &[f64],
-        paused: bool,
-        due: bool,
+        then: BatchEnd,
     ) -> napi::Result<i64> {
-        guarded_sync(|| self.inner.track_batch(&urls, lengths, ttls, paused, due)).map(|w| w as i64)
+        guarded_sync(|| self.inner.track_batch(&urls, lengths, ttls, then.into())).map(|w| w as i64)
     }
 
     /// Resolves when the URLs of write window `window` are in the store.

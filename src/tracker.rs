@@ -27,6 +27,18 @@ pub struct TrackerConfig {
 /// a round trip to the store (with Redis on the same host, most of the writer's CPU time).
 pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 
+/// What follows a batch of calls handed over from JavaScript ([`Tracker::track_batch`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BatchEnd {
+    /// More calls may follow at once (the batch filled up, or another call needed it handed over first): the writer
+    /// goes on gathering as usual.
+    Running,
+    /// The caller's calls paused (its event loop came round): a burst gathered so far is written now.
+    Paused,
+    /// Gathered for an interval already (the middleware's): written now, unless the writer is backing off.
+    Due,
+}
+
 impl Default for TrackerConfig {
     fn default() -> Self {
         Self {
@@ -116,15 +128,14 @@ impl Tracker {
 
     /// Tracks a batch of URLs handed over in one call: `units` holds them back to back as UTF-16, `lengths` their
     /// lengths in code units, `ttls` their TTLs in seconds (`0`: none). Either every URL is tracked, in order, or,
-    /// when one is invalid, none is. `paused`: the caller's calls paused after these. `due`: the caller gathered
-    /// these for an interval already, so they are written now. Returns the write window.
+    /// when one is invalid, none is. `then` says what follows, and so when the writer writes them. Returns the write
+    /// window.
     pub fn track_batch(
         self: &Arc<Self>,
         units: &[u16],
         lengths: &[u32],
         ttls: &[f64],
-        paused: bool,
-        due: bool,
+        then: BatchEnd,
     ) -> Result<u64> {
         if lengths.len() != ttls.len() {
             return Err(Error::InvalidArgument(format!(
@@ -163,8 +174,8 @@ impl Tracker {
             start = end;
         }
         self.start_flusher();
-        let window = self.buffer.push_many(urls, due);
-        if paused && !due {
+        let window = self.buffer.push_many(urls, then == BatchEnd::Due);
+        if then == BatchEnd::Paused {
             self.buffer.calls_paused();
         }
         Ok(window)
