@@ -258,8 +258,11 @@ impl WriteBuffer {
                 Ok(outcome)
             }
             Err(e) => {
-                // Keep what could not be written (changes already made are made again, to the same effect); a call
-                // made since on the same URL is newer and wins.
+                // Keep what could not be written (changes already made are made again, to the same effect), with
+                // the calls made since on the same URLs as if they had come after it, as they did: a URL stored
+                // since keeps its new call; one whose expiry changed since is stored with that expiry; one removed
+                // since stays removed. A removal stands unless the URL was stored since (an expiry change made
+                // since applies to a URL no longer tracked: it does nothing).
                 let mut p = self.lock();
                 for e in batch {
                     if let Some(newer) = p.expiries.remove(&e.path) {
@@ -269,7 +272,8 @@ impl WriteBuffer {
                     }
                 }
                 for path in removals {
-                    if !p.has_call(&path) {
+                    p.expiries.remove(&path);
+                    if !p.entries.contains_key(&path) {
                         p.removals.insert(path);
                     }
                 }
@@ -351,6 +355,99 @@ impl WriteBuffer {
 mod tests {
     use super::*;
     use crate::store::memory::MemoryStore;
+    use crate::store::{Claim, Listing, PlannedBatch};
+    use async_trait::async_trait;
+
+    /// A memory store whose first write waits until the test lets it go, then fails: what a store that goes down in
+    /// the middle of a write looks like to the buffer, with calls made while the write was under way.
+    struct FailsFirstWrite {
+        inner: MemoryStore,
+        entered: Notify,
+        release: Notify,
+        failed: std::sync::atomic::AtomicBool,
+    }
+
+    impl FailsFirstWrite {
+        fn new() -> Self {
+            Self {
+                inner: MemoryStore::new(),
+                entered: Notify::new(),
+                release: Notify::new(),
+                failed: std::sync::atomic::AtomicBool::new(false),
+            }
+        }
+
+        async fn write(&self) -> Result<()> {
+            if self.failed.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                return Ok(());
+            }
+            self.entered.notify_one();
+            self.release.notified().await;
+            Err(Error::Store {
+                method: "set",
+                message: "connection reset".into(),
+            })
+        }
+    }
+
+    #[async_trait]
+    impl Store for FailsFirstWrite {
+        fn kind(&self) -> &'static str {
+            "failing"
+        }
+        async fn put(&self, entries: &[Entry], max_tracked: usize) -> Result<PutOutcome> {
+            self.write().await?;
+            self.inner.put(entries, max_tracked).await
+        }
+        async fn put_overflow(&self, wildcards: &[String]) -> Result<()> {
+            self.write().await?;
+            self.inner.put_overflow(wildcards).await
+        }
+        async fn set_expiry(&self, path: &str, expires_at: Option<u64>) -> Result<()> {
+            self.write().await?;
+            self.inner.set_expiry(path, expires_at).await
+        }
+        async fn remove(&self, paths: &[String]) -> Result<()> {
+            self.write().await?;
+            self.inner.remove(paths).await
+        }
+        async fn list(&self) -> Result<Listing> {
+            self.inner.list().await
+        }
+        async fn claim(&self, lease_ms: u64) -> Result<Vec<Claim>> {
+            self.inner.claim(lease_ms).await
+        }
+        async fn save_plan(
+            &self,
+            claim_id: &str,
+            plan: Vec<PlannedBatch>,
+        ) -> Result<Vec<PlannedBatch>> {
+            self.inner.save_plan(claim_id, plan).await
+        }
+        async fn batch_done(
+            &self,
+            claim_id: &str,
+            index: usize,
+            batch: &PlannedBatch,
+        ) -> Result<()> {
+            self.inner.batch_done(claim_id, index, batch).await
+        }
+        async fn renew(&self, claim_id: &str, lease_ms: u64) -> Result<()> {
+            self.inner.renew(claim_id, lease_ms).await
+        }
+        async fn release(&self, claim_id: &str) -> Result<()> {
+            self.inner.release(claim_id).await
+        }
+        async fn finish(&self, claim_id: &str) -> Result<()> {
+            self.inner.finish(claim_id).await
+        }
+        async fn billed_this_month(&self) -> Result<u64> {
+            self.inner.billed_this_month().await
+        }
+        async fn disconnect(&self) -> Result<()> {
+            self.inner.disconnect().await
+        }
+    }
 
     /// Fails unless at most `limit` has passed since `started`.
     fn assert_within(started: Instant, limit: Duration) {
@@ -452,6 +549,55 @@ mod tests {
             store.list().await.unwrap().urls,
             vec!["/again", "/stored-after-ttl"]
         );
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_keeps_its_calls_as_if_those_made_meanwhile_came_after() {
+        let buf = Arc::new(WriteBuffer::new(4, 100));
+        let store = Arc::new(FailsFirstWrite::new());
+        let expired = Some(1); // a past expiry: the URL stops being tracked
+        let later = Some(crate::store::now_ms() + 3_600_000);
+        let tracked = ["/r1", "/r2", "/r3", "/e1", "/e2", "/e3"].map(|path| Entry {
+            path: path.into(),
+            expires_at: None,
+        });
+        store.inner.put(&tracked, usize::MAX).await.unwrap();
+
+        // The window that fails: four URLs (the buffer is full), one more over the top, removals, expiry changes.
+        for u in ["/a", "/b", "/c", "/c2"] {
+            buf.push(u.into(), None);
+        }
+        let window = buf.push("/img/x".into(), None);
+        for u in ["/r1", "/r2", "/r3"] {
+            buf.remove(u.into());
+        }
+        buf.set_expiry("/e1".into(), None);
+        buf.set_expiry("/e2".into(), expired);
+        buf.set_expiry("/e3".into(), later);
+        let writing = tokio::spawn({
+            let (buf, store) = (buf.clone(), store.clone());
+            async move { buf.flush(store.as_ref(), usize::MAX).await }
+        });
+        store.entered.notified().await;
+        // While it is under way, newer calls on some of its URLs.
+        buf.push("/b".into(), expired);
+        buf.set_expiry("/c".into(), expired);
+        buf.set_expiry("/c2".into(), later);
+        buf.push("/r1".into(), None);
+        buf.set_expiry("/r3".into(), later);
+        buf.remove("/e1".into());
+        buf.set_expiry("/e3".into(), expired);
+        store.release.notify_one();
+        assert!(writing.await.unwrap().is_err());
+        assert!(buf.written(window).await.is_err());
+
+        buf.flush(store.as_ref(), usize::MAX).await.unwrap();
+        assert!(buf.is_empty());
+        let listing = store.list().await.unwrap();
+        // Kept: /a, the removal of /r2 and /r3, /e2's expiry, the overflow wildcard. Newer: /b's, /c's and /c2's
+        // expiry, /r1 stored again, /e1 removed, /e3's expiry.
+        assert_eq!(listing.urls, vec!["/a", "/c2", "/r1"]);
+        assert_eq!(listing.overflow, vec!["/img/*"]);
     }
 
     #[tokio::test]
