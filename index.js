@@ -124,12 +124,13 @@ class Tracker {
 
   /**
    * Runs a call the native buffer takes in order (storeUrl, setUrlTTL, removeUrl): `fn` returns its write window,
-   * whose promise it shares. `quiet(err)` true leaves a refusal unlogged.
+   * whose promise it shares. `quiet(err)` true leaves a refusal unlogged. The calls gathered so far are handed over
+   * first, unless `beforeGathered`: then this call goes before them.
    */
-  _buffered (what, fn, quiet) {
+  _buffered (what, fn, quiet, beforeGathered = false) {
     let window
     try {
-      this._handOver()
+      if (!beforeGathered) this._handOver()
       window = fn()
     } catch (err) {
       return this._settle(what, Promise.reject(fromNative(err)), quiet)
@@ -305,10 +306,22 @@ class Tracker {
 
   /** Stops tracking a URL (the original's 404-handler call). */
   removeUrl (url) {
+    return this._removal(url, false)
+  }
+
+  /**
+   * The middleware's removal of a URL whose response (a 404) a sweep found ended, at some point since the last
+   * hand-over: it goes before the calls gathered since.
+   */
+  _removeBeforeGathered (url) {
+    return this._removal(url, true)
+  }
+
+  _removal (url, beforeGathered) {
     return this._buffered('removeUrl', () => {
       checkUrl(url)
       return this._native.remove(url)
-    })
+    }, undefined, beforeGathered)
   }
 
   /** Resolves to every path the next send will invalidate, sorted: tracked URLs and flood-guard wildcards. */

@@ -194,6 +194,42 @@ describe('middleware', () => {
     }
   })
 
+  test('a 404 found by a sweep does not undo the same URL served since; a throwing next() still counts', async () => {
+    const invl = tracker({ flushIntervalMs: 5000 }) // no sweep but the one flush() makes
+    await invl.storeUrl('/flip')
+    await invl.flush()
+    let gone = true
+    const app = require('express')()
+    app.use(invl.middleware())
+    app.get('/flip', (req, res) => {
+      // First a 404 that ends after the handler returned (so it waits for a sweep), then the page is back at once.
+      if (gone) setTimeout(() => res.sendStatus(404), 5)
+      else res.send('back')
+      gone = false
+    })
+    const server = await listen(app)
+    const mw = invl.middleware()
+    const plain = http.createServer((req, res) => {
+      try {
+        mw(req, res, () => { throw new Error('handler failed') })
+      } catch {
+        res.end('recovered') // the caller answers once next() threw
+      }
+    })
+    await new Promise((resolve) => plain.listen(0, '127.0.0.1', resolve))
+    try {
+      assert.deepEqual(await hit(server.url, [['GET', '/flip'], ['GET', '/flip']]), [404, 200])
+      assert.deepEqual(await hit(`http://127.0.0.1:${plain.address().port}`, [['GET', '/recovered']]), [200])
+      await assertTracked(invl, ['/flip', '/recovered'])
+      assert.deepEqual(await rawTracked(redis), ['/flip', '/recovered'])
+    } finally {
+      plain.closeAllConnections()
+      plain.close()
+      await server.close()
+      await invl.disconnect()
+    }
+  })
+
   test('a response that is not a Node server\'s (a test double without res.req) is tracked on its finish', async () => {
     const { EventEmitter } = require('node:events')
     const invl = tracker()

@@ -103,7 +103,8 @@ function middleware (tracker, options = {}) {
     } catch {}
   }
   // A URL from the internet that cannot become a path is the client's junk, not our failure: not logged. A Tracker
-  // makes no promise per request (its write window's failure is logged once); another object's promise is handled.
+  // makes no promise per request (its writer logs a write that fails, and retries it); another object's promise is
+  // handled.
   const track = typeof tracker._trackQuietly === 'function'
     ? (url, seconds) => tracker._trackQuietly(url, seconds)
     : (url, seconds) => handled(tracker.storeUrl(url, seconds))
@@ -134,23 +135,28 @@ function middleware (tracker, options = {}) {
 
   function settle (url, res, carry) {
     if (res.finished) {
-      decide(url, res)
+      decide(url, res, true)
     } else if (res.destroyed) {
       // never ended: not tracked, as 'finish' never comes
     } else if (carry) {
       carried.push(url, res)
     } else {
-      res.on('finish', () => decide(url, res))
+      res.on('finish', () => decide(url, res, false))
     }
   }
 
-  /** Decides a Node server's response that has ended. */
-  function decide (url, res) {
-    done(url, null, res, getHeader.call(res, 'cache-control'))
+  /** Decides a Node server's response that has ended; `swept`: found ended by a sweep, some time since the last. */
+  function decide (url, res, swept) {
+    done(url, null, res, getHeader.call(res, 'cache-control'), swept)
   }
 
-  /** Decides a response that has ended; `req` is null when it is to be found as `res.req` (read only if needed). */
-  function done (url, req, res, cacheControl) {
+  /**
+   * Decides a response that has ended; `req` is null when it is to be found as `res.req` (read only if needed).
+   * A removal (a 404) that a sweep found goes before the URLs tracked since the last hand-over, as the response may
+   * have ended before them: a URL served again meanwhile stays tracked, the safe side (one path more in the next
+   * send, rather than a stale page left in the cache).
+   */
+  function done (url, req, res, cacheControl, swept = false) {
     try {
       // Longer URLs cannot become invalidation paths: left alone without a log line per request.
       if (typeof url !== 'string' || url.length === 0 || url.length > MAX_URL_LENGTH) return
@@ -159,7 +165,7 @@ function middleware (tracker, options = {}) {
       if (!tracks && !(status === 404 && removeOn404)) return
       if (filter && !filter(req ?? res.req, res)) return
       if (!tracks) {
-        handled(tracker.removeUrl(url))
+        handled(swept ? tracker._removeBeforeGathered(url) : tracker.removeUrl(url))
         return
       }
       if (forbidsSharedCache(cacheControl)) return
@@ -171,27 +177,36 @@ function middleware (tracker, options = {}) {
   }
 
   return function cfInvalidationTracker (req, res, next) {
-    let url
+    let url // of a Node server's response, decided once the handlers after the middleware return
     try {
       if (methods.has(req.method) && (!onlyCloudFront || fromCloudFront(req))) {
         // The URL the request came with (Express and connect keep it as `originalUrl` while they route).
-        url = req.originalUrl || req.url
-        if (!sweeps || !(res instanceof ServerResponse)) {
-          // Another kind of response (a test double, say), or a tracker of another kind: decided on 'finish'.
-          const noted = url
-          res.on('finish', () => done(noted, req, res, typeof res.getHeader === 'function' ? res.getHeader('cache-control') : undefined))
-          url = undefined
-        }
+        const requested = req.originalUrl || req.url
+        if (sweeps && res instanceof ServerResponse) url = requested
+        else decideOnFinish(requested, req, res)
       }
     } catch (err) {
       report(err)
     }
-    if (typeof next === 'function') next()
-    if (url === undefined) return
     try {
-      // A handler that answered at once has ended the response by now: decided while what Node just read of it is
-      // still cached, and not held. One that answers later is noted, for the sweep.
-      if (res.finished) decide(url, res)
+      if (typeof next === 'function') next()
+    } finally {
+      if (url !== undefined) settleNow(url, res)
+    }
+  }
+
+  /** Another kind of response (a test double, say), or a tracker of another kind: decided on 'finish'. */
+  function decideOnFinish (url, req, res) {
+    res.on('finish', () => done(url, req, res, typeof res.getHeader === 'function' ? res.getHeader('cache-control') : undefined))
+  }
+
+  /**
+   * Once the handlers after the middleware returned: a response they ended (most do, at once) is decided now, while
+   * what Node just read of it is cached, and is not held; one still in progress is noted, for the sweep.
+   */
+  function settleNow (url, res) {
+    try {
+      if (res.finished) decide(url, res, false)
       else if (noted.push(url, res) === 2) tracker._sweepSoon(sweeper)
     } catch (err) {
       report(err)

@@ -329,7 +329,6 @@ fn build(
     ))
 }
 
-/// The native half of a tracker; index.js wraps it in the public `Tracker` class.
 /// What follows a batch of calls handed to `trackBatch`, which tells the writer when to write it.
 #[napi]
 pub enum BatchEnd {
@@ -351,6 +350,7 @@ impl From<BatchEnd> for tracker::BatchEnd {
     }
 }
 
+/// The native half of a tracker; index.js wraps it in the public `Tracker` class.
 #[napi]
 pub struct NativeTracker {
     inner: Arc<Tracker>,

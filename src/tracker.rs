@@ -23,8 +23,8 @@ pub struct TrackerConfig {
     pub buffer_capacity: usize,
 }
 
-/// How long tracked URLs gather before they are written, unless configured: the bound, as each write costs
-/// a round trip to the store (with Redis on the same host, most of the writer's CPU time).
+/// How long tracked URLs gather before they are written, unless configured: as long as a URL may reasonably wait, as
+/// each write costs a round trip to the store (with Redis on the same host, most of the writer's CPU time).
 pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
 
 /// What follows a batch of calls handed over from JavaScript ([`Tracker::track_batch`]).
@@ -98,12 +98,12 @@ impl Tracker {
         })
     }
 
-    /// The path a URL is tracked as.
     /// How long the writer gathers calls before a write (`flushIntervalMs`).
     pub fn flush_interval(&self) -> Duration {
         self.config.flush_interval
     }
 
+    /// The path a URL is tracked as.
     pub fn normalize(&self, url: &str) -> Result<String> {
         Ok(paths::normalize(url, &self.config.send.rules)?)
     }
