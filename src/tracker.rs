@@ -7,7 +7,7 @@ use crate::paths;
 use crate::send::{self, Log, SendConfig, SendOptions, SendReport};
 use crate::store::{now_ms, Listing, Store};
 use std::borrow::Cow;
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 /// Everything a tracker is configured with, besides its store and CloudFront settings.
@@ -61,6 +61,9 @@ pub struct Tracker {
     flusher: OnceLock<()>,
     /// One send at a time per tracker; other processes are kept apart by the store's claims.
     sending: tokio::sync::Mutex<()>,
+    /// The tracker itself, held while calls wait in its buffer, so that a tracker its owner let go of (a JavaScript
+    /// tracker collected as garbage) still writes them; let go of once the buffer is empty.
+    held: Mutex<Option<Arc<Tracker>>>,
 }
 
 fn expiry(ttl_secs: Option<f64>) -> Result<Option<u64>> {
@@ -95,6 +98,7 @@ impl Tracker {
             runtime,
             flusher: OnceLock::new(),
             sending: tokio::sync::Mutex::new(()),
+            held: Mutex::new(None),
         })
     }
 
@@ -122,8 +126,7 @@ impl Tracker {
         } else {
             paths::normalize_owned(url, &self.config.send.rules)?
         };
-        self.start_flusher();
-        Ok(self.buffer.push(path, expires_at))
+        Ok(self.buffered(|b| b.push(path, expires_at)))
     }
 
     /// Tracks a batch of URLs handed over in one call: `units` holds them back to back as UTF-16, `lengths` their
@@ -173,12 +176,39 @@ impl Tracker {
             urls.push((path, expiry(Some(ttl))?));
             start = end;
         }
-        self.start_flusher();
-        let window = self.buffer.push_many(urls, then == BatchEnd::Due);
+        let window = self.buffered(|b| b.push_many(urls, then == BatchEnd::Due));
         if then == BatchEnd::Paused {
             self.buffer.calls_paused();
         }
         Ok(window)
+    }
+
+    /// Runs `call` on the buffer (with the writer started) and holds the tracker while what it buffered waits.
+    fn buffered<T>(self: &Arc<Self>, call: impl FnOnce(&WriteBuffer) -> T) -> T {
+        self.start_flusher();
+        let mut held = self.lock_held();
+        let out = call(&self.buffer);
+        if held.is_none() && !self.buffer.is_empty() {
+            *held = Some(Arc::clone(self));
+        }
+        out
+    }
+
+    /// Lets go of the tracker held for its buffered calls, once there are none: returned, to be dropped by the caller
+    /// (possibly the last reference) after the lock.
+    fn release_if_written(&self) -> Option<Arc<Tracker>> {
+        let mut held = self.lock_held();
+        if self.buffer.is_empty() {
+            held.take()
+        } else {
+            None
+        }
+    }
+
+    fn lock_held(&self) -> std::sync::MutexGuard<'_, Option<Arc<Tracker>>> {
+        self.held
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn start_flusher(self: &Arc<Self>) {
@@ -198,6 +228,7 @@ impl Tracker {
                     buffer.tick(backoff, !retrying).await;
                     let Some(tracker) = weak.upgrade() else { break };
                     if tracker.buffer.is_empty() {
+                        drop(tracker.release_if_written());
                         (backoff, retrying) = (interval, false);
                         continue;
                     }
@@ -223,6 +254,7 @@ impl Tracker {
             .buffer
             .flush(self.store.as_ref(), self.config.max_tracked)
             .await?;
+        drop(self.release_if_written());
         if outcome.overflowed > 0 {
             self.log.warn(&format!(
                 "tracked-URL limit reached: {} URLs will be covered by wildcards on the next send",
@@ -266,15 +298,13 @@ impl Tracker {
     pub fn set_ttl(self: &Arc<Self>, url: &str, ttl_secs: f64) -> Result<u64> {
         let expires_at = expiry(Some(ttl_secs))?;
         let path = self.normalize(url)?;
-        self.start_flusher();
-        Ok(self.buffer.set_expiry(path, expires_at))
+        Ok(self.buffered(|b| b.set_expiry(path, expires_at)))
     }
 
     /// Stops tracking a URL, in order with the other calls. Returns the write window that removes it from the store.
     pub fn remove(self: &Arc<Self>, url: &str) -> Result<u64> {
         let path = self.normalize(url)?;
-        self.start_flusher();
-        Ok(self.buffer.remove(path))
+        Ok(self.buffered(|b| b.remove(path)))
     }
 
     /// Every path the next send will invalidate: tracked URLs and flood-guard wildcards, sorted.
@@ -328,5 +358,59 @@ impl Drop for Tracker {
     fn drop(&mut self) {
         // The background writer holds only the buffer: wake it so it sees the tracker is gone and ends.
         self.buffer.wake_writer();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryStore;
+
+    struct Quiet;
+
+    impl Log for Quiet {
+        fn info(&self, _: &str) {}
+        fn warn(&self, _: &str) {}
+    }
+
+    #[tokio::test]
+    async fn calls_buffered_when_the_owner_lets_go_of_the_tracker_are_still_written() {
+        let store = Arc::new(MemoryStore::new());
+        let config = TrackerConfig {
+            flush_interval: Duration::from_millis(20),
+            ..TrackerConfig::default()
+        };
+        let tracker = Tracker::new(
+            store.clone(),
+            CfConfig::default(),
+            config,
+            Arc::new(Quiet),
+            tokio::runtime::Handle::current(),
+        );
+        let weak = Arc::downgrade(&tracker);
+        tracker.track("/kept".into(), None, false).unwrap();
+        let batch: Vec<u16> = "/batch".encode_utf16().collect();
+        tracker
+            .track_batch(&batch, &[6], &[0.0], BatchEnd::Due)
+            .unwrap();
+        drop(tracker);
+
+        let mut urls = Vec::new();
+        for _ in 0..200 {
+            urls = store.list().await.unwrap().urls;
+            if !urls.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(urls, vec!["/batch", "/kept"]);
+        // Once they are written, the tracker is let go of, and ends.
+        for _ in 0..200 {
+            if weak.strong_count() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(weak.strong_count(), 0, "the tracker was not let go of");
     }
 }
