@@ -16,10 +16,11 @@ app.disable('etag')
 let tracker = null
 if (args.middleware === 'tracker') {
   const createTracker = require(REPO_ROOT)
-  // `slowdown`: the server runs that many times slower (under valgrind); the write interval (50 ms by default, which
-  // also paces the middleware's hand-over) is stretched as much, so that each write gathers as many requests as at
-  // full speed.
-  const flushIntervalMs = args.slowdown ? 50 * args.slowdown : undefined
+  // `slowdown`: the server runs that many times slower (under valgrind); the write interval (its default, which also
+  // paces the middleware's hand-over) is stretched as much, so that each write gathers as many requests as at full
+  // speed.
+  const { DEFAULT_FLUSH_INTERVAL_MS } = require(`${REPO_ROOT}/binding.js`)
+  const flushIntervalMs = args.slowdown ? DEFAULT_FLUSH_INTERVAL_MS * args.slowdown : undefined
   tracker = createTracker({ cf: { dist: args.dist, endpoint: args.endpoint }, redis: { url: args.redisUrl }, logger: false, flushIntervalMs })
   app.use(tracker.middleware())
 } else if (args.middleware === 'noop') {

@@ -329,6 +329,10 @@ fn build(
     ))
 }
 
+/// `flushIntervalMs` when it is not given.
+#[napi]
+pub const DEFAULT_FLUSH_INTERVAL_MS: u32 = DEFAULT_FLUSH_INTERVAL.as_millis() as u32;
+
 /// What follows a batch of calls handed to `trackBatch`, which tells the writer when to write it.
 #[napi]
 pub enum BatchEnd {

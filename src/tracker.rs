@@ -183,12 +183,14 @@ impl Tracker {
         Ok(window)
     }
 
-    /// Runs `call` on the buffer (with the writer started) and holds the tracker while what it buffered waits.
+    /// Runs `call` on the buffer (with the writer started) and holds the tracker while what it buffered waits. A
+    /// call on an empty buffer wakes the writer, which lets go again once the buffer is empty, so the hold needs no
+    /// look at the buffer here.
     fn buffered<T>(self: &Arc<Self>, call: impl FnOnce(&WriteBuffer) -> T) -> T {
         self.start_flusher();
         let mut held = self.lock_held();
         let out = call(&self.buffer);
-        if held.is_none() && !self.buffer.is_empty() {
+        if held.is_none() {
             *held = Some(Arc::clone(self));
         }
         out
