@@ -1,6 +1,6 @@
 'use strict'
 
-const { NativeTracker, BatchEnd } = require('./binding.js')
+const { NativeTracker, BatchEnd, BATCH_REMOVE_TTL } = require('./binding.js')
 const { parseOptions, MAX_URL_LENGTH } = require('./lib/options')
 const { Store } = require('./lib/store')
 const { argType, argValue, fromNative, fromCoded } = require('./lib/errors')
@@ -15,10 +15,11 @@ function isArgumentError (err) {
   return err.code === 'ERR_INVALID_ARG_VALUE' || err.code === 'ERR_INVALID_ARG_TYPE'
 }
 
-// storeUrl calls are gathered here and handed to the native tracker in one call per event-loop turn (or per
-// GATHER_MAX calls), so that a call costs an array push rather than a crossing into native code. A URL that starts
-// with '/' and is at most GATHERABLE_LENGTH long can always become a path (a UTF-16 code unit encodes to at most 9
-// characters, as in '%E2%82%AC'); any other goes through the native call that can refuse it with its own error.
+// storeUrl calls (and the middleware's removals) are gathered here and handed to the native tracker in one call per
+// event-loop turn (or per GATHER_MAX calls), so that a call costs an array push rather than a crossing into native
+// code. A URL that starts with '/' and is at most GATHERABLE_LENGTH long can always become a path (a UTF-16 code unit
+// encodes to at most 9 characters, as in '%E2%82%AC'); any other goes through the native call that can refuse it with
+// its own error.
 const GATHER_MAX = 4096
 const GATHERABLE_LENGTH = Math.floor(MAX_URL_LENGTH / 9)
 // How long process exit may block writing what is still buffered.
@@ -204,9 +205,10 @@ class Tracker {
   }
 
   /**
-   * The middleware's storeUrl: a call nobody awaits, so no promise is made, and it is handed over by a timer (or
-   * with any other call); a failure to write it is logged by the writer, which retries. The timer keeps the process
-   * alive until the hand-over; after it, the write is made at exit if not before (see _handOverGathered).
+   * The middleware's calls (storeUrl, and removeUrl with `ttl` BATCH_REMOVE_TTL): nobody awaits them, so no promise
+   * is made, and they are handed over by a timer (or with any other call); a failure to write them is logged by the
+   * writer, which retries. The timer keeps the process alive until the hand-over; after it, the write is made at exit
+   * if not before (see _handOverGathered).
    */
   _gatherQuietly (url, ttl) {
     if (this._urls.length === 0 && this._timer === null) {
@@ -275,9 +277,12 @@ class Tracker {
       // writer logs a write that fails, and retries it), unless the process must stay alive for the write.
       if (gathered !== null || this._writesOnThisThread) written = this._writtenIn(window)
     } catch (err) {
-      // Not expected for URLs that passed the gathering check; tracked one by one, so that a refusal costs one URL.
-      this._log('error', `cf-invalidation-tracker: storeUrl batch failed (${fromNative(err).message}); tracking its URLs one by one`)
-      for (let i = 0; i < n; i++) written = this._trackNow(urls[i], this._ttls[i] || undefined)
+      // Not expected for URLs that passed the gathering check; made one by one, so that a refusal costs one URL.
+      this._log('error', `cf-invalidation-tracker: storeUrl batch failed (${fromNative(err).message}); making its calls one by one`)
+      for (let i = 0; i < n; i++) {
+        const ttl = this._ttls[i]
+        written = ttl === BATCH_REMOVE_TTL ? this._removal(urls[i]) : this._trackNow(urls[i], ttl || undefined)
+      }
     }
     if (gathered !== null) gathered.resolve(written)
   }
@@ -306,22 +311,32 @@ class Tracker {
 
   /** Stops tracking a URL (the original's 404-handler call). */
   removeUrl (url) {
-    return this._removal(url, false)
+    return this._removal(url)
+  }
+
+  /**
+   * The middleware's removeUrl (a 404 decided as its handlers return): gathered with the other calls, in order, and
+   * like its storeUrl, quiet about a URL that cannot become a path (junk from the internet is not logged).
+   */
+  _removeQuietly (url) {
+    if (gatherableTtl(url, undefined) !== undefined) this._gatherQuietly(url, BATCH_REMOVE_TTL)
+    else this._removal(url, isArgumentError)
   }
 
   /**
    * The middleware's removal of a URL whose response (a 404) a sweep found ended, at some point since the last
-   * hand-over: it goes before the calls gathered since.
+   * hand-over: it goes before the calls gathered since. Quiet about junk, as `_removeQuietly`.
    */
   _removeBeforeGathered (url) {
-    return this._removal(url, true)
+    this._removal(url, isArgumentError, true)
   }
 
-  _removal (url, beforeGathered) {
+  /** removeUrl through its own native call; `quiet` and `beforeGathered` as for `_buffered`. */
+  _removal (url, quiet = undefined, beforeGathered = false) {
     return this._buffered('removeUrl', () => {
       checkUrl(url)
       return this._native.remove(url)
-    }, undefined, beforeGathered)
+    }, quiet, beforeGathered)
   }
 
   /** Resolves to every path the next send will invalidate, sorted: tracked URLs and flood-guard wildcards. */

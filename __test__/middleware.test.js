@@ -5,6 +5,7 @@
 const { test, describe, before, after, beforeEach } = require('node:test')
 const assert = require('node:assert/strict')
 const http = require('node:http')
+const net = require('node:net')
 
 const createTracker = require('..')
 const { startRedis } = require('./helpers/services')
@@ -57,6 +58,20 @@ async function hit (base, requests) {
     statuses.push(res.status)
   }
   return statuses
+}
+
+/** Sends `GET target` as it is (no URL parsing on the way), as a client from the internet may; resolves the status. */
+function rawGet (base, target) {
+  const { hostname, port } = new URL(base)
+  return new Promise((resolve, reject) => {
+    const socket = net.connect(Number(port), hostname, () => {
+      socket.end(`GET ${target} HTTP/1.1\r\nHost: ${hostname}\r\nConnection: close\r\n\r\n`)
+    })
+    let head = ''
+    socket.on('data', (chunk) => { head += chunk })
+    socket.on('error', reject)
+    socket.on('close', () => resolve(Number(head.split(' ')[1])))
+  })
 }
 
 /** A site with every kind of response, built with `express` (v4 or v5). */
@@ -225,6 +240,37 @@ describe('middleware', () => {
     } finally {
       plain.closeAllConnections()
       plain.close()
+      await server.close()
+      await invl.disconnect()
+    }
+  })
+
+  test('404s answered at once go in order with the other calls; a URL that cannot become a path is not logged', async () => {
+    const { lines, logger } = captureLogger()
+    const invl = tracker({ flushIntervalMs: 60_000, logger }) // one hand-over: the flush() below
+    await invl.storeUrl('/was-tracked')
+    await invl.flush()
+    // The statuses each path answers with, in turn; paths under /ok answer 200, others 404.
+    const plan = { '/a': [200, 404], '/b': [404, 200], '/c': [200, 404, 200], '/was-tracked': [404] }
+    const app = require('express')()
+    app.use(invl.middleware())
+    app.use((req, res) => {
+      const status = plan[req.path]?.shift() ?? (req.path.startsWith('/ok/') ? 200 : 404)
+      res.status(status).send(String(status))
+    })
+    const server = await listen(app)
+    try {
+      const order = ['/a', '/b', '/c', '/a', '/b', '/c', '/c', '/was-tracked'].map((path) => ['GET', path])
+      assert.deepEqual(await hit(server.url, order), [200, 404, 200, 404, 200, 404, 200, 404])
+      // Junk from the internet: another scheme, and paths too long for CloudFront once encoded (4,501 characters).
+      const tooLong = '{'.repeat(1500)
+      for (const target of ['ftp://example.com/a', `/${tooLong}`, `/ok/${tooLong}`]) {
+        assert.equal(await rawGet(server.url, target), target.startsWith('/ok/') ? 200 : 404)
+      }
+      await invl.flush()
+      assert.deepEqual(await rawTracked(redis), ['/b', '/c'])
+      assert.deepEqual(lines, [])
+    } finally {
       await server.close()
       await invl.disconnect()
     }

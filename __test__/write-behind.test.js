@@ -175,7 +175,7 @@ describe('storeUrl writes behind', () => {
     const batch = (urls, lengths, ttls) => () => invl._native.trackBatch(urls.join(''), Uint32Array.from(lengths), Float64Array.from(ttls), BatchEnd.Running)
     assert.throws(batch(['/a', '/b'], [2, 3], [0, 0]), /does not add up/)
     assert.throws(batch(['/a', '/b'], [2, 2], [0]), /2 URLs came with 1 TTLs/)
-    assert.throws(batch(['/a', '/b'], [2, 2], [0, -1]), /ttlInSec/)
+    assert.throws(batch(['/a', '/b'], [2, 2], [0, -2]), /ttlInSec/) // -1 (BATCH_REMOVE_TTL) is a removal
     assert.throws(batch(['/a', 'ftp://h/b'], [2, 9], [0, 0]), /unsupported scheme/)
     await invl.flush()
     assert.deepEqual(await inRedis(), [])

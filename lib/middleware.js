@@ -105,9 +105,14 @@ function middleware (tracker, options = {}) {
   // A URL from the internet that cannot become a path is the client's junk, not our failure: not logged. A Tracker
   // makes no promise per request (its writer logs a write that fails, and retries it); another object's promise is
   // handled.
-  const track = typeof tracker._trackQuietly === 'function'
+  const quiet = typeof tracker._trackQuietly === 'function'
+  const track = quiet
     ? (url, seconds) => tracker._trackQuietly(url, seconds)
     : (url, seconds) => handled(tracker.storeUrl(url, seconds))
+  // A 404's removal, likewise; one a sweep found goes before the URLs tracked since the last hand-over (see done).
+  const untrack = quiet
+    ? (url, swept) => swept ? tracker._removeBeforeGathered(url) : tracker._removeQuietly(url)
+    : (url) => handled(tracker.removeUrl(url))
 
   // A response is decided once it has ended, when its status and headers are final: most have ended by the time the
   // handlers the middleware passed the request to return, and are decided then. It only notes the others (and their
@@ -115,9 +120,10 @@ function middleware (tracker, options = {}) {
   // that a request allocates nothing and adds no listener and no property to the response. A response still in
   // progress at its first sweep is looked at again at the next; at the second, it gets a 'finish' listener instead.
   // One destroyed before it ended is not tracked.
-  // Express gives each request's objects a hidden class of their own, so each property the sweep reads costs a
-  // lookup in V8's runtime per request: it reads as few as it can (`finished`, what `writableEnded` returns, and the
-  // status) and calls `getHeader` without looking it up on the response.
+  // Express changes the prototype of each request and response and then adds properties, which leaves each with a
+  // hidden class of its own in V8, so every property read on them costs a lookup in V8's runtime: the middleware
+  // reads as few as it can (`finished`, what `writableEnded` returns, and the status) and calls `getHeader` without
+  // looking it up on the response.
   let noted = [] // URL, response, URL, response…: the responses noted since the last sweep
   let carried = [] // the same, of the responses still in progress at the last sweep
   const sweeper = { sweep }
@@ -165,7 +171,7 @@ function middleware (tracker, options = {}) {
       if (!tracks && !(status === 404 && removeOn404)) return
       if (filter && !filter(req ?? res.req, res)) return
       if (!tracks) {
-        handled(swept ? tracker._removeBeforeGathered(url) : tracker.removeUrl(url))
+        untrack(url, swept)
         return
       }
       if (forbidsSharedCache(cacheControl)) return

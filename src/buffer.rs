@@ -36,6 +36,8 @@ struct Pending {
     expiries: Expiries,
     overflow: BTreeSet<String>,
     window: u64,
+    /// Removals not buffered since the last write, as `capacity` of them were waiting already.
+    removals_dropped: usize,
     /// Calls so far, to tell a pause from a steady stream of repeated URLs.
     calls: u64,
     /// The caller asked for this window to be written now rather than at the end of the interval.
@@ -63,6 +65,60 @@ impl Pending {
             || self.removals.contains(path)
             || self.expiries.contains_key(path)
     }
+
+    /// Buffers a store of `path`, its latest call. Once `capacity` URLs are buffered, a URL not among them is covered
+    /// by its overflow wildcard instead: never dropped, never unbounded.
+    fn track(&mut self, path: Cow<'_, str>, expires_at: Option<u64>, capacity: usize) {
+        if !self.removals.is_empty() || !self.expiries.is_empty() {
+            // Storing the URL again sets its expiry in the store, whatever an earlier call changed.
+            self.removals.remove(path.as_ref());
+            self.expiries.remove(path.as_ref());
+        }
+        if let Some(e) = self.entries.get_mut(path.as_ref()) {
+            *e = expires_at;
+        } else if self.entries.len() < capacity {
+            self.entries.insert(path.into_owned(), expires_at);
+        } else {
+            let wildcard = crate::paths::overflow_wildcard(&path);
+            crate::store::memory::add_overflow(&mut self.overflow, &wildcard);
+        }
+    }
+
+    /// Buffers a removal of `path`, its latest call.
+    fn untrack(&mut self, path: Cow<'_, str>, capacity: usize) {
+        self.entries.remove(path.as_ref());
+        self.expiries.remove(path.as_ref());
+        self.add_removal(path, capacity);
+    }
+
+    /// Once `capacity` removals wait, a further one is dropped and counted: its URL stays tracked if it was, and the
+    /// next send invalidates it once more (the safe side), while memory stays bounded when removals pour in (404s
+    /// for URLs from the internet) and the store is down.
+    fn add_removal(&mut self, path: Cow<'_, str>, capacity: usize) {
+        if self.removals.len() < capacity || self.removals.contains(path.as_ref()) {
+            self.removals.insert(path.into_owned());
+        } else {
+            self.removals_dropped += 1;
+        }
+    }
+}
+
+/// One call of a batch handed over at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Batched {
+    /// `storeUrl`: track the URL, until this expiry (ms since the epoch) if any.
+    Track(Option<u64>),
+    /// `removeUrl`: stop tracking it.
+    Remove,
+}
+
+/// What a write did beyond writing what was buffered.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Flushed {
+    /// What the store did with the URLs ([`PutOutcome::overflowed`]), plus the overflow wildcards the buffer made.
+    pub put: PutOutcome,
+    /// Removals dropped since the last write, as the buffer held as many as it may.
+    pub removals_dropped: usize,
 }
 
 /// A bounded, deduplicating buffer of URLs on their way to the store.
@@ -104,15 +160,19 @@ impl WriteBuffer {
     /// Buffers one URL and returns the window it will be written in. When the buffer is full, a URL not already in
     /// it is covered by its overflow wildcard instead (never dropped, never unbounded).
     pub fn push(&self, path: String, expires_at: Option<u64>) -> u64 {
-        self.push_many(std::iter::once((Cow::Owned(path), expires_at)), false)
+        self.push_many(
+            std::iter::once((Cow::Owned(path), Batched::Track(expires_at))),
+            false,
+        )
     }
 
-    /// Buffers URLs under one lock (as [`WriteBuffer::push`] each) and returns the window they will be written in.
-    /// A URL already buffered costs a lookup, no allocation. `due`: write this window now, not at the end of the
-    /// interval (the caller gathered its calls for an interval already).
+    /// Buffers calls under one lock, in order (a store as [`WriteBuffer::push`], a removal as
+    /// [`WriteBuffer::remove`]), and returns the window they will be written in. A URL already buffered costs a
+    /// lookup, no allocation. `due`: write this window now, not at the end of the interval (the caller gathered its
+    /// calls for an interval already).
     pub fn push_many<'a>(
         &self,
-        urls: impl IntoIterator<Item = (Cow<'a, str>, Option<u64>)>,
+        calls: impl IntoIterator<Item = (Cow<'a, str>, Batched)>,
         due: bool,
     ) -> u64 {
         let mut p = self.lock();
@@ -120,19 +180,10 @@ impl WriteBuffer {
         let empty = p.is_empty();
         let newly_due = due && !p.due;
         p.due |= due;
-        for (path, expires_at) in urls {
-            if !p.removals.is_empty() || !p.expiries.is_empty() {
-                // Storing the URL again sets its expiry in the store, whatever an earlier call changed.
-                p.removals.remove(path.as_ref());
-                p.expiries.remove(path.as_ref());
-            }
-            if let Some(e) = p.entries.get_mut(path.as_ref()) {
-                *e = expires_at;
-            } else if p.entries.len() < self.capacity {
-                p.entries.insert(path.into_owned(), expires_at);
-            } else {
-                let wildcard = crate::paths::overflow_wildcard(&path);
-                crate::store::memory::add_overflow(&mut p.overflow, &wildcard);
+        for (path, call) in calls {
+            match call {
+                Batched::Track(expires_at) => p.track(path, expires_at, self.capacity),
+                Batched::Remove => p.untrack(path, self.capacity),
             }
             p.calls += 1;
         }
@@ -146,13 +197,11 @@ impl WriteBuffer {
     }
 
     /// Stops tracking a URL: forgets it if it is buffered, and removes it from the store in the next write, before
-    /// anything stored after this call. Returns the write window.
+    /// anything stored after this call. Returns the write window. At most `capacity` removals wait for a write; past
+    /// that, the URL's removal from the store is dropped and reported by the next write (see `Pending::add_removal`).
     pub fn remove(&self, path: String) -> u64 {
-        self.change(|p| {
-            p.entries.remove(&path);
-            p.expiries.remove(&path);
-            p.removals.insert(path);
-        })
+        let capacity = self.capacity;
+        self.change(|p| p.untrack(Cow::Owned(path), capacity))
     }
 
     /// Changes how long a URL stays tracked: a buffered URL at once, one in the store with the next write (nothing
@@ -206,9 +255,9 @@ impl WriteBuffer {
     }
 
     /// Writes everything buffered now to the store.
-    pub async fn flush(&self, store: &dyn Store, max_tracked: usize) -> Result<PutOutcome> {
+    pub async fn flush(&self, store: &dyn Store, max_tracked: usize) -> Result<Flushed> {
         let _writer = self.writer.lock().await;
-        let (entries, removals, expiries, overflow, window) = {
+        let (entries, removals, expiries, overflow, removals_dropped, window) = {
             let mut p = self.lock();
             let window = p.window;
             p.window += 1;
@@ -223,6 +272,7 @@ impl WriteBuffer {
                 std::mem::take(&mut p.removals),
                 std::mem::take(&mut p.expiries),
                 std::mem::take(&mut p.overflow),
+                std::mem::take(&mut p.removals_dropped),
                 window,
             )
         };
@@ -252,29 +302,36 @@ impl WriteBuffer {
         }
         .await;
         match result {
-            Ok(outcome) => {
+            Ok(put) => {
                 self.progress
                     .send_modify(|p| p.written = p.written.max(window));
-                Ok(outcome)
+                Ok(Flushed {
+                    put,
+                    removals_dropped,
+                })
             }
             Err(e) => {
                 // Keep what could not be written (changes already made are made again, to the same effect), with
                 // the calls made since on the same URLs as if they had come after it, as they did: a URL stored
                 // since keeps its new call; one whose expiry changed since is stored with that expiry; one removed
                 // since stays removed. A removal stands unless the URL was stored since (an expiry change made
-                // since applies to a URL no longer tracked: it does nothing).
+                // since applies to a URL no longer tracked: it does nothing). What is kept stays within the buffer's
+                // bounds, as calls made meanwhile may have filled it: URLs past them are covered by their overflow
+                // wildcard, removals past them are dropped.
                 let mut p = self.lock();
+                p.removals_dropped += removals_dropped;
                 for e in batch {
-                    if let Some(newer) = p.expiries.remove(&e.path) {
-                        p.entries.insert(e.path, newer);
-                    } else if !p.has_call(&e.path) {
-                        p.entries.insert(e.path, e.expires_at);
-                    }
+                    let expires_at = match p.expiries.remove(&e.path) {
+                        Some(newer) => newer,
+                        None if !p.has_call(&e.path) => e.expires_at,
+                        None => continue,
+                    };
+                    p.track(Cow::Owned(e.path), expires_at, self.capacity);
                 }
                 for path in removals {
                     p.expiries.remove(&path);
                     if !p.entries.contains_key(&path) {
-                        p.removals.insert(path);
+                        p.add_removal(Cow::Owned(path), self.capacity);
                     }
                 }
                 for (path, expires_at) in expiries {
@@ -358,40 +415,64 @@ mod tests {
     use crate::store::{Claim, Listing, PlannedBatch};
     use async_trait::async_trait;
 
-    /// A memory store whose first write waits until the test lets it go, then fails: what a store that goes down in
-    /// the middle of a write looks like to the buffer, with calls made while the write was under way.
-    struct FailsFirstWrite {
+    /// A memory store whose next `blocked` writes each wait until the test lets them go, then fail: what a store
+    /// that goes down in the middle of a write looks like to the buffer, with calls made while the write was under
+    /// way. Later writes fail at once while it is `down`.
+    struct FaultyStore {
         inner: MemoryStore,
+        blocked: std::sync::atomic::AtomicUsize,
+        down: std::sync::atomic::AtomicBool,
         entered: Notify,
         release: Notify,
-        failed: std::sync::atomic::AtomicBool,
     }
 
-    impl FailsFirstWrite {
-        fn new() -> Self {
+    impl FaultyStore {
+        fn new(blocked: usize) -> Self {
             Self {
                 inner: MemoryStore::new(),
+                blocked: blocked.into(),
+                down: false.into(),
                 entered: Notify::new(),
                 release: Notify::new(),
-                failed: std::sync::atomic::AtomicBool::new(false),
             }
         }
 
         async fn write(&self) -> Result<()> {
-            if self.failed.swap(true, std::sync::atomic::Ordering::SeqCst) {
-                return Ok(());
-            }
-            self.entered.notify_one();
-            self.release.notified().await;
-            Err(Error::Store {
+            use std::sync::atomic::Ordering::SeqCst;
+            let fail = Err(Error::Store {
                 method: "set",
                 message: "connection reset".into(),
-            })
+            });
+            let blocks = self
+                .blocked
+                .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+                .is_ok();
+            if blocks {
+                self.entered.notify_one();
+                self.release.notified().await;
+                return fail;
+            }
+            if self.down.load(SeqCst) {
+                return fail;
+            }
+            Ok(())
+        }
+
+        /// Runs `flush` on `buf` until the store blocks it, makes `meanwhile` calls, then lets the write fail.
+        async fn fail_a_write(self: &Arc<Self>, buf: &Arc<WriteBuffer>, meanwhile: impl FnOnce()) {
+            let writing = tokio::spawn({
+                let (buf, store) = (buf.clone(), self.clone());
+                async move { buf.flush(store.as_ref(), usize::MAX).await }
+            });
+            self.entered.notified().await;
+            meanwhile();
+            self.release.notify_one();
+            assert!(writing.await.unwrap().is_err());
         }
     }
 
     #[async_trait]
-    impl Store for FailsFirstWrite {
+    impl Store for FaultyStore {
         fn kind(&self) -> &'static str {
             "failing"
         }
@@ -476,7 +557,10 @@ mod tests {
     #[tokio::test]
     async fn a_due_window_is_written_at_once_unless_the_writer_backs_off() {
         let due = |buf: &WriteBuffer, path: &'static str| {
-            buf.push_many(std::iter::once((Cow::Borrowed(path), None)), true)
+            buf.push_many(
+                std::iter::once((Cow::Borrowed(path), Batched::Track(None))),
+                true,
+            )
         };
         let buf = Arc::new(WriteBuffer::new(100_000, 10_000));
         due(&buf, "/first");
@@ -553,8 +637,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_write_keeps_its_calls_as_if_those_made_meanwhile_came_after() {
-        let buf = Arc::new(WriteBuffer::new(4, 100));
-        let store = Arc::new(FailsFirstWrite::new());
+        let buf = Arc::new(WriteBuffer::new(100, 100));
+        let store = Arc::new(FaultyStore::new(1));
         let expired = Some(1); // a past expiry: the URL stops being tracked
         let later = Some(crate::store::now_ms() + 3_600_000);
         let tracked = ["/r1", "/r2", "/r3", "/e1", "/e2", "/e3"].map(|path| Entry {
@@ -563,41 +647,37 @@ mod tests {
         });
         store.inner.put(&tracked, usize::MAX).await.unwrap();
 
-        // The window that fails: four URLs (the buffer is full), one more over the top, removals, expiry changes.
-        for u in ["/a", "/b", "/c", "/c2"] {
+        // The window that fails: URLs, removals, expiry changes (what overflowed is kept too: see the flood test).
+        for u in ["/a", "/b", "/c"] {
             buf.push(u.into(), None);
         }
-        let window = buf.push("/img/x".into(), None);
+        let window = buf.push("/c2".into(), None);
         for u in ["/r1", "/r2", "/r3"] {
             buf.remove(u.into());
         }
         buf.set_expiry("/e1".into(), None);
         buf.set_expiry("/e2".into(), expired);
         buf.set_expiry("/e3".into(), later);
-        let writing = tokio::spawn({
-            let (buf, store) = (buf.clone(), store.clone());
-            async move { buf.flush(store.as_ref(), usize::MAX).await }
-        });
-        store.entered.notified().await;
         // While it is under way, newer calls on some of its URLs.
-        buf.push("/b".into(), expired);
-        buf.set_expiry("/c".into(), expired);
-        buf.set_expiry("/c2".into(), later);
-        buf.push("/r1".into(), None);
-        buf.set_expiry("/r3".into(), later);
-        buf.remove("/e1".into());
-        buf.set_expiry("/e3".into(), expired);
-        store.release.notify_one();
-        assert!(writing.await.unwrap().is_err());
+        store
+            .fail_a_write(&buf, || {
+                buf.push("/b".into(), expired);
+                buf.set_expiry("/c".into(), expired);
+                buf.set_expiry("/c2".into(), later);
+                buf.push("/r1".into(), None);
+                buf.set_expiry("/r3".into(), later);
+                buf.remove("/e1".into());
+                buf.set_expiry("/e3".into(), expired);
+            })
+            .await;
         assert!(buf.written(window).await.is_err());
 
         buf.flush(store.as_ref(), usize::MAX).await.unwrap();
         assert!(buf.is_empty());
         let listing = store.list().await.unwrap();
-        // Kept: /a, the removal of /r2 and /r3, /e2's expiry, the overflow wildcard. Newer: /b's, /c's and /c2's
-        // expiry, /r1 stored again, /e1 removed, /e3's expiry.
+        // Kept: /a, the removal of /r2 and /r3, /e2's expiry. Newer: /b's, /c's and /c2's expiry, /r1 stored again,
+        // /e1 removed, /e3's expiry.
         assert_eq!(listing.urls, vec!["/a", "/c2", "/r1"]);
-        assert_eq!(listing.overflow, vec!["/img/*"]);
     }
 
     #[tokio::test]
@@ -607,9 +687,100 @@ mod tests {
         buf.push("/x/1".into(), None);
         buf.push("/x/2".into(), None);
         buf.push("/img/3".into(), None);
-        let outcome = buf.flush(&store, usize::MAX).await.unwrap();
-        assert_eq!(outcome.overflowed, 1);
+        let flushed = buf.flush(&store, usize::MAX).await.unwrap();
+        assert_eq!(flushed.put.overflowed, 1);
         let claims = store.claim(1000).await.unwrap();
         assert_eq!(claims[0].overflow, vec!["/img/*"]);
+    }
+
+    #[tokio::test]
+    async fn a_batch_makes_its_stores_and_removals_in_order() {
+        let buf = WriteBuffer::new(100, 50);
+        let store = MemoryStore::new();
+        buf.push("/tracked".into(), None);
+        buf.flush(&store, usize::MAX).await.unwrap();
+        let track = |path: &'static str| (Cow::Borrowed(path), Batched::Track(None));
+        let remove = |path: &'static str| (Cow::Borrowed(path), Batched::Remove);
+        buf.push_many(
+            [
+                remove("/tracked"),
+                track("/back"),
+                remove("/back"),
+                track("/back"),
+                track("/gone"),
+                remove("/gone"),
+                remove("/never-tracked"),
+            ],
+            false,
+        );
+        buf.flush(&store, usize::MAX).await.unwrap();
+        assert_eq!(store.list().await.unwrap().urls, vec!["/back"]);
+    }
+
+    #[tokio::test]
+    async fn a_store_down_under_a_flood_keeps_the_buffer_within_its_bounds() {
+        const CAPACITY: usize = 8;
+        const ROUNDS: usize = 5;
+        let buf = Arc::new(WriteBuffer::new(CAPACITY, CAPACITY));
+        let store = Arc::new(FaultyStore::new(ROUNDS));
+        let kept = "/kept/by-a-dropped-removal";
+        store
+            .inner
+            .put(
+                &[Entry {
+                    path: kept.into(),
+                    expires_at: None,
+                }],
+                usize::MAX,
+            )
+            .await
+            .unwrap();
+        // A full buffer's worth of new URLs and of removals (404s) before each write, and as many while it runs;
+        // every write fails.
+        let served = std::sync::Mutex::new(Vec::new());
+        let flood = |round: usize, when: &str| {
+            for i in 0..CAPACITY {
+                let path = format!("/{when}{round}/page{i}");
+                buf.push(path.clone(), None);
+                served.lock().unwrap().push(path);
+                buf.remove(format!("/{when}{round}/missing{i}"));
+            }
+        };
+        for round in 0..ROUNDS {
+            flood(round, "before");
+            if round == 0 {
+                // Past the bound: its removal is dropped, so the URL stays tracked.
+                buf.remove(kept.into());
+            }
+            store.fail_a_write(&buf, || flood(round, "during")).await;
+            let p = buf.lock();
+            assert!(
+                p.entries.len() <= CAPACITY,
+                "{} URLs buffered",
+                p.entries.len()
+            );
+            assert!(
+                p.removals.len() <= CAPACITY,
+                "{} removals",
+                p.removals.len()
+            );
+        }
+        let flushed = buf.flush(store.as_ref(), usize::MAX).await.unwrap();
+        assert!(buf.is_empty());
+        // Every URL served is tracked one by one or covered by a wildcard; the removals past the bound are counted.
+        let listing = store.list().await.unwrap();
+        for path in served.lock().unwrap().iter() {
+            let cover = crate::paths::overflow_wildcard(path);
+            assert!(
+                listing.urls.contains(path) || listing.overflow.contains(&cover),
+                "{path} is neither tracked nor covered: {listing:?}"
+            );
+        }
+        assert!(listing.urls.contains(&kept.to_owned()), "{listing:?}");
+        // Of the 2 x 5 x 8 removals and the one of `kept`, the buffer held 8 at a time.
+        assert_eq!(
+            flushed.removals_dropped,
+            2 * ROUNDS * CAPACITY + 1 - CAPACITY
+        );
     }
 }

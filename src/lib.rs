@@ -20,7 +20,7 @@ use crate::store::js::{Dispatch, JsStore};
 use crate::store::memory::MemoryStore;
 use crate::store::redis::{RedisConfig, RedisStore};
 use crate::store::Store;
-use crate::tracker::{Tracker, TrackerConfig, DEFAULT_FLUSH_INTERVAL};
+use crate::tracker::{Tracker, TrackerConfig, DEFAULT_FLUSH_INTERVAL, REMOVE};
 use futures::FutureExt;
 use napi::bindgen_prelude::Utf16String;
 use napi::threadsafe_function::{ThreadsafeFunction, ThreadsafeFunctionCallMode};
@@ -333,6 +333,10 @@ fn build(
 #[napi]
 pub const DEFAULT_FLUSH_INTERVAL_MS: u32 = DEFAULT_FLUSH_INTERVAL.as_millis() as u32;
 
+/// The TTL that marks a removal (`removeUrl`) among the calls handed to `trackBatch`.
+#[napi]
+pub const BATCH_REMOVE_TTL: f64 = REMOVE;
+
 /// What follows a batch of calls handed to `trackBatch`, which tells the writer when to write it.
 #[napi]
 pub enum BatchEnd {
@@ -391,9 +395,9 @@ impl NativeTracker {
             .map(|w| w as i64)
     }
 
-    /// Tracks a batch of URLs in one call (index.js gathers `storeUrl` calls): `urls` is the URLs joined, `lengths`
-    /// their lengths (UTF-16 code units), `ttls` their TTLs in seconds (`0`: none); `then`: what follows them. All or
-    /// none; returns the window.
+    /// Tracks a batch of URLs in one call (index.js gathers `storeUrl` calls and the middleware's removals): `urls` is the URLs joined, `lengths`
+    /// their lengths (UTF-16 code units), `ttls` their TTLs in seconds (`0`: none; `BATCH_REMOVE_TTL`: a removal);
+    /// `then`: what follows them. All or none; returns the window.
     #[napi]
     pub fn track_batch(
         &self,

@@ -89,8 +89,8 @@ pub enum PathError {
         /// Length of the encoded path.
         len: usize,
     },
-    /// The URL cannot name an object of the distribution.
-    #[error("invalid URL: {0}")]
+    /// The URL cannot name an object of the distribution (shown as `invalid URL: …` by [`crate::error::Error`]).
+    #[error("{0}")]
     Invalid(String),
 }
 

@@ -1,6 +1,6 @@
 //! The tracker: normalisation, the write-behind buffer, the store and the sender, in plain async Rust.
 
-use crate::buffer::WriteBuffer;
+use crate::buffer::{Batched, WriteBuffer};
 use crate::cloudfront::{CfConfig, CloudFront, DistributionInfo};
 use crate::error::{Error, Result};
 use crate::paths;
@@ -26,6 +26,9 @@ pub struct TrackerConfig {
 /// How long tracked URLs gather before they are written, unless configured: as long as a URL may reasonably wait, as
 /// each write costs a round trip to the store (with Redis on the same host, most of the writer's CPU time).
 pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The TTL that marks a removal (`removeUrl`) among the calls of [`Tracker::track_batch`].
+pub const REMOVE: f64 = -1.0;
 
 /// What follows a batch of calls handed over from JavaScript ([`Tracker::track_batch`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -130,9 +133,9 @@ impl Tracker {
     }
 
     /// Tracks a batch of URLs handed over in one call: `units` holds them back to back as UTF-16, `lengths` their
-    /// lengths in code units, `ttls` their TTLs in seconds (`0`: none). Either every URL is tracked, in order, or,
-    /// when one is invalid, none is. `then` says what follows, and so when the writer writes them. Returns the write
-    /// window.
+    /// lengths in code units, `ttls` their TTLs in seconds (`0`: none; [`REMOVE`]: stop tracking the URL instead).
+    /// Either every call is made, in order, or, when a URL is invalid, none is. `then` says what follows, and so when
+    /// the writer writes them. Returns the write window.
     pub fn track_batch(
         self: &Arc<Self>,
         units: &[u16],
@@ -161,7 +164,7 @@ impl Tracker {
             String::new()
         };
         let rules = &self.config.send.rules;
-        let mut urls = Vec::with_capacity(lengths.len());
+        let mut calls = Vec::with_capacity(lengths.len());
         let mut start = 0;
         for (&len, &ttl) in lengths.iter().zip(ttls) {
             let end = start + len as usize;
@@ -173,10 +176,15 @@ impl Tracker {
                     rules,
                 )?)
             };
-            urls.push((path, expiry(Some(ttl))?));
+            let call = if ttl == REMOVE {
+                Batched::Remove
+            } else {
+                Batched::Track(expiry(Some(ttl))?)
+            };
+            calls.push((path, call));
             start = end;
         }
-        let window = self.buffered(|b| b.push_many(urls, then == BatchEnd::Due));
+        let window = self.buffered(|b| b.push_many(calls, then == BatchEnd::Due));
         if then == BatchEnd::Paused {
             self.buffer.calls_paused();
         }
@@ -257,10 +265,18 @@ impl Tracker {
             .flush(self.store.as_ref(), self.config.max_tracked)
             .await?;
         drop(self.release_if_written());
-        if outcome.overflowed > 0 {
+        if outcome.put.overflowed > 0 {
             self.log.warn(&format!(
                 "tracked-URL limit reached: {} URLs will be covered by wildcards on the next send",
-                outcome.overflowed
+                outcome.put.overflowed
+            ));
+        }
+        if outcome.removals_dropped > 0 {
+            self.log.warn(&format!(
+                "{} removeUrl calls were dropped while {} removals waited to be written (bufferCapacity): those URLs \
+                 stay tracked if they were, and the next send invalidates them",
+                outcome.removals_dropped,
+                self.config.buffer_capacity
             ));
         }
         Ok(())
