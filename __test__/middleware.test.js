@@ -460,7 +460,7 @@ describe('middleware while Redis is down', () => {
   before(async () => { redis = await startRedis() })
   after(async () => { await redis?.stop() })
 
-  const storeFailure = (l) => l.level !== 'info' && /could not write \d+ tracked URLs to the redis store/.test(l.message)
+  const storeFailure = (l) => l.level !== 'info' && /could not write \d+ (tracked URLs|removals).* to the redis store/.test(l.message)
 
   test('responses come back at once, the process stays up, and tracking resumes when Redis is back', async () => {
     const express = require('express')
@@ -501,6 +501,37 @@ describe('middleware while Redis is down', () => {
       assert.ok(raw.includes('/back'), `tracked after restart: ${raw}`)
     } finally {
       await server.close()
+      await invl.disconnect().catch(() => {})
+    }
+  })
+
+  test('a flood of 404s while Redis is down is held within bufferCapacity; the removals past it are dropped and logged', async () => {
+    const express = require('express')
+    const { lines, logger } = captureLogger()
+    const invl = createTracker({ cf: { dist: 'EDIST' }, redis: { url: redis.url }, logger, flushIntervalMs: 20, bufferCapacity: 20 })
+    const app = express()
+    app.use(invl.middleware())
+    app.use((req, res) => res.sendStatus(404))
+    const server = await listen(app)
+    try {
+      await redis.kill()
+      await noUnhandledRejections(async () => {
+        // 60 scanner 404s for a buffer that holds 20 removals.
+        const statuses = await hit(server.url, Array.from({ length: 60 }, (_, i) => ['GET', `/scan/${i}`]))
+        assert.ok(statuses.every((s) => s === 404), String(statuses))
+        for (let i = 0; i < 100 && !lines.some(storeFailure); i++) await sleep(20)
+      }, 500)
+      assert.ok(lines.some(storeFailure), JSON.stringify(lines))
+    } finally {
+      await server.close()
+    }
+    await redis.restart()
+    try {
+      await invl.flush()
+      const dropped = lines.find((l) => l.level === 'warn' && /^\d+ removeUrl calls were dropped/.test(l.message))
+      assert.ok(dropped, `the dropped removals were logged: ${JSON.stringify(lines)}`)
+      assert.ok(Number(dropped.message.match(/(\d+) removeUrl/)[1]) >= 60 - 20, dropped.message)
+    } finally {
       await invl.disconnect().catch(() => {})
     }
   })

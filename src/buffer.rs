@@ -233,6 +233,27 @@ impl WriteBuffer {
         self.lock().entries.len()
     }
 
+    /// What waits to be written, for a log line: "3 tracked URLs, 60 removals".
+    pub fn describe_waiting(&self) -> String {
+        let p = self.lock();
+        let parts = [
+            (p.entries.len(), "tracked URLs"),
+            (p.removals.len(), "removals"),
+            (p.expiries.len(), "expiry changes"),
+            (p.overflow.len(), "overflow wildcards"),
+        ];
+        let waiting: Vec<String> = parts
+            .iter()
+            .filter(|(n, _)| *n > 0)
+            .map(|(n, what)| format!("{n} {what}"))
+            .collect();
+        if waiting.is_empty() {
+            "0 tracked URLs".to_owned()
+        } else {
+            waiting.join(", ")
+        }
+    }
+
     /// True when nothing (no URL, removal, expiry change or overflow wildcard) waits to be written.
     pub fn is_empty(&self) -> bool {
         self.lock().is_empty()

@@ -247,8 +247,8 @@ impl Tracker {
                         Err(e) => {
                             retrying = true;
                             tracker.log.warn(&format!(
-                                "could not write {} tracked URLs to the {} store, will retry: {e}",
-                                tracker.buffer.len(),
+                                "could not write {} to the {} store, will retry: {e}",
+                                tracker.buffer.describe_waiting(),
                                 tracker.store.kind()
                             ));
                             backoff = (backoff * 2).clamp(interval, Duration::from_secs(5));
@@ -303,8 +303,8 @@ impl Tracker {
             .block_on(async { tokio::time::timeout(timeout, self.flush()).await })
             .map_err(|_| {
                 Error::Timeout(format!(
-                    "{} buffered URLs were not written within {} ms",
-                    self.buffer.len(),
+                    "{} buffered were not written within {} ms",
+                    self.buffer.describe_waiting(),
                     timeout.as_millis()
                 ))
             })??;
