@@ -528,7 +528,7 @@ describe('middleware while Redis is down', () => {
     await redis.restart()
     try {
       await invl.flush()
-      const dropped = lines.find((l) => l.level === 'warn' && /^\d+ removeUrl calls were dropped/.test(l.message))
+      const dropped = lines.find((l) => l.level === 'warn' && /^cf-invalidation-tracker: \d+ removeUrl calls were dropped/.test(l.message))
       assert.ok(dropped, `the dropped removals were logged: ${JSON.stringify(lines)}`)
       assert.ok(Number(dropped.message.match(/(\d+) removeUrl/)[1]) >= 60 - 20, dropped.message)
     } finally {

@@ -247,7 +247,7 @@ impl Tracker {
                         Err(e) => {
                             retrying = true;
                             tracker.log.warn(&format!(
-                                "could not write {} to the {} store, will retry: {e}",
+                                "cf-invalidation-tracker: could not write {} to the {} store, will retry: {e}",
                                 tracker.buffer.describe_waiting(),
                                 tracker.store.kind()
                             ));
@@ -267,14 +267,15 @@ impl Tracker {
         drop(self.release_if_written());
         if outcome.put.overflowed > 0 {
             self.log.warn(&format!(
-                "tracked-URL limit reached: {} URLs will be covered by wildcards on the next send",
+                "cf-invalidation-tracker: tracked-URL limit reached: {} URLs will be covered by wildcards on the \
+                 next send",
                 outcome.put.overflowed
             ));
         }
         if outcome.removals_dropped > 0 {
             self.log.warn(&format!(
-                "{} removeUrl calls were dropped while {} removals waited to be written (bufferCapacity): those URLs \
-                 stay tracked if they were, and the next send invalidates them",
+                "cf-invalidation-tracker: {} removeUrl calls were dropped while {} removals waited to be \
+                 written (bufferCapacity): those URLs stay tracked if they were, and the next send invalidates them",
                 outcome.removals_dropped,
                 self.config.buffer_capacity
             ));
