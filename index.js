@@ -277,11 +277,14 @@ class Tracker {
       // writer logs a write that fails, and retries it), unless the process must stay alive for the write.
       if (gathered !== null || this._writesOnThisThread) written = this._writtenIn(window)
     } catch (err) {
-      // Not expected for URLs that passed the gathering check; made one by one, so that a refusal costs one URL.
-      this._log('error', `cf-invalidation-tracker: storeUrl batch failed (${fromNative(err).message}); making its calls one by one`)
+      // Not expected for URLs that passed the gathering check; made one by one, so that a refusal costs one URL. The
+      // TTLs are copied first: each call hands over what was gathered since, into the same arrays.
+      this._log('error', `cf-invalidation-tracker: a batch of gathered calls failed (${fromNative(err).message}); making them one by one`)
+      const ttls = this._ttls.slice(0, n)
       for (let i = 0; i < n; i++) {
-        const ttl = this._ttls[i]
-        written = ttl === BATCH_REMOVE_TTL ? this._removal(urls[i]) : this._trackNow(urls[i], ttl || undefined)
+        written = ttls[i] === BATCH_REMOVE_TTL
+          ? this._removal(urls[i], isArgumentError)
+          : this._trackNow(urls[i], ttls[i] || undefined)
       }
     }
     if (gathered !== null) gathered.resolve(written)

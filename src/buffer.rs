@@ -36,7 +36,7 @@ struct Pending {
     expiries: Expiries,
     overflow: BTreeSet<String>,
     window: u64,
-    /// Removals not buffered since the last write, as `capacity` of them were waiting already.
+    /// Removals not buffered since the last successful write, as `capacity` of them were waiting already.
     removals_dropped: usize,
     /// Calls so far, to tell a pause from a steady stream of repeated URLs.
     calls: u64,
@@ -57,6 +57,11 @@ impl Pending {
             && self.removals.is_empty()
             && self.expiries.is_empty()
             && self.overflow.is_empty()
+    }
+
+    /// Calls waiting to be written (one per URL): what fills the buffer towards a write.
+    fn waiting(&self) -> usize {
+        self.entries.len() + self.removals.len() + self.expiries.len()
     }
 
     /// True when a call on `path` waits to be written.
@@ -121,7 +126,8 @@ pub struct Flushed {
     pub removals_dropped: usize,
 }
 
-/// A bounded, deduplicating buffer of URLs on their way to the store.
+/// A deduplicating buffer of URLs on their way to the store, bounded in URLs and in removals (expiry changes of URLs
+/// not buffered, which only the application makes, are not bounded: dropping one could end tracking too early).
 pub struct WriteBuffer {
     pending: Mutex<Pending>,
     /// Serialises take-and-write, so a later write of a URL never lands before an earlier one.
@@ -135,7 +141,8 @@ pub struct WriteBuffer {
 }
 
 impl WriteBuffer {
-    /// A buffer holding at most `capacity` distinct URLs; the writer is woken when `threshold` are waiting.
+    /// A buffer holding at most `capacity` distinct URLs and `capacity` removals; the writer is woken when `threshold`
+    /// calls are waiting.
     pub fn new(capacity: usize, threshold: usize) -> Self {
         Self {
             pending: Mutex::new(Pending {
@@ -176,8 +183,7 @@ impl WriteBuffer {
         due: bool,
     ) -> u64 {
         let mut p = self.lock();
-        let before = p.entries.len();
-        let empty = p.is_empty();
+        let (before, empty) = (p.waiting(), p.is_empty());
         let newly_due = due && !p.due;
         p.due |= due;
         for (path, call) in calls {
@@ -187,13 +193,18 @@ impl WriteBuffer {
             }
             p.calls += 1;
         }
-        let (window, after) = (p.window, p.entries.len());
+        let (window, after) = (p.window, p.waiting());
         drop(p);
-        // The first call of a window starts the writer's clock; a full or due window wakes it at once.
-        if empty || newly_due || (before < self.threshold && after >= self.threshold) {
+        self.wake_if(empty || newly_due, before, after);
+        window
+    }
+
+    /// Wakes the writer when asked to (the first call of a window starts its clock; a due window is written at once)
+    /// or when the calls waiting reach the threshold.
+    fn wake_if(&self, asked: bool, before: usize, after: usize) {
+        if asked || (before < self.threshold && after >= self.threshold) {
             self.wake.notify_one();
         }
-        window
     }
 
     /// Stops tracking a URL: forgets it if it is buffered, and removes it from the store in the next write, before
@@ -218,13 +229,12 @@ impl WriteBuffer {
 
     fn change(&self, f: impl FnOnce(&mut Pending)) -> u64 {
         let mut p = self.lock();
-        let empty = p.is_empty();
+        let (before, empty) = (p.waiting(), p.is_empty());
         f(&mut p);
-        let window = p.window;
+        p.calls += 1;
+        let (window, after) = (p.window, p.waiting());
         drop(p);
-        if empty {
-            self.wake.notify_one();
-        }
+        self.wake_if(empty, before, after);
         window
     }
 
@@ -388,7 +398,7 @@ impl WriteBuffer {
         let deadline = Instant::now() + interval;
         let progress = || {
             let p = self.lock();
-            (p.calls, p.entries.len(), honour_due && p.due)
+            (p.calls, p.waiting(), honour_due && p.due)
         };
         let (mut calls, mut len, due) = progress();
         if due {
@@ -438,11 +448,10 @@ mod tests {
 
     /// A memory store whose next `blocked` writes each wait until the test lets them go, then fail: what a store
     /// that goes down in the middle of a write looks like to the buffer, with calls made while the write was under
-    /// way. Later writes fail at once while it is `down`.
+    /// way. Later writes succeed.
     struct FaultyStore {
         inner: MemoryStore,
         blocked: std::sync::atomic::AtomicUsize,
-        down: std::sync::atomic::AtomicBool,
         entered: Notify,
         release: Notify,
     }
@@ -452,7 +461,6 @@ mod tests {
             Self {
                 inner: MemoryStore::new(),
                 blocked: blocked.into(),
-                down: false.into(),
                 entered: Notify::new(),
                 release: Notify::new(),
             }
@@ -460,10 +468,6 @@ mod tests {
 
         async fn write(&self) -> Result<()> {
             use std::sync::atomic::Ordering::SeqCst;
-            let fail = Err(Error::Store {
-                method: "set",
-                message: "connection reset".into(),
-            });
             let blocks = self
                 .blocked
                 .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
@@ -471,10 +475,10 @@ mod tests {
             if blocks {
                 self.entered.notify_one();
                 self.release.notified().await;
-                return fail;
-            }
-            if self.down.load(SeqCst) {
-                return fail;
+                return Err(Error::Store {
+                    method: "set",
+                    message: "connection reset".into(),
+                });
             }
             Ok(())
         }
@@ -608,6 +612,30 @@ mod tests {
         due(&buf, "/gathered");
         writer.await.unwrap();
         assert_within(started, Duration::from_secs(1));
+    }
+
+    #[tokio::test]
+    async fn removals_and_expiry_changes_wake_the_writer_when_they_reach_the_threshold() {
+        let buf = Arc::new(WriteBuffer::new(100, 10));
+        for call in [
+            |b: &WriteBuffer, i| b.remove(format!("/gone/{i}")),
+            |b: &WriteBuffer, i| b.set_expiry(format!("/kept/{i}"), None),
+        ] {
+            call(&buf, 0);
+            buf.work().await; // the writer wakes for the first call, then gathers
+            let started = Instant::now();
+            let writer = tokio::spawn({
+                let buf = buf.clone();
+                async move { buf.tick(Duration::from_secs(5), true).await }
+            });
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            for i in 1..10 {
+                call(&buf, i);
+            }
+            writer.await.unwrap();
+            assert_within(started, Duration::from_secs(1));
+            buf.flush(&MemoryStore::new(), usize::MAX).await.unwrap();
+        }
     }
 
     #[tokio::test]

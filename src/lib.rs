@@ -395,9 +395,9 @@ impl NativeTracker {
             .map(|w| w as i64)
     }
 
-    /// Tracks a batch of URLs in one call (index.js gathers `storeUrl` calls and the middleware's removals): `urls` is the URLs joined, `lengths`
-    /// their lengths (UTF-16 code units), `ttls` their TTLs in seconds (`0`: none; `BATCH_REMOVE_TTL`: a removal);
-    /// `then`: what follows them. All or none; returns the window.
+    /// Tracks a batch of URLs in one call (index.js gathers `storeUrl` calls and the middleware's removals): `urls`
+    /// is the URLs joined, `lengths` their lengths (UTF-16 code units), `ttls` their TTLs in seconds (`0`: none;
+    /// `BATCH_REMOVE_TTL`: a removal); `then`: what follows them. All or none; returns the window.
     #[napi]
     pub fn track_batch(
         &self,

@@ -274,8 +274,8 @@ impl Tracker {
         }
         if outcome.removals_dropped > 0 {
             self.log.warn(&format!(
-                "cf-invalidation-tracker: {} removeUrl calls were dropped while {} removals waited to be \
-                 written (bufferCapacity): those URLs stay tracked if they were, and the next send invalidates them",
+                "cf-invalidation-tracker: {} removals were dropped while {} waited to be written \
+                 (bufferCapacity): those URLs stay tracked if they were, and the next send invalidates them",
                 outcome.removals_dropped,
                 self.config.buffer_capacity
             ));
@@ -304,7 +304,7 @@ impl Tracker {
             .block_on(async { tokio::time::timeout(timeout, self.flush()).await })
             .map_err(|_| {
                 Error::Timeout(format!(
-                    "{} buffered were not written within {} ms",
+                    "{} still buffered, not written within {} ms",
                     self.buffer.describe_waiting(),
                     timeout.as_millis()
                 ))
