@@ -100,10 +100,13 @@ impl Pending {
     /// next send invalidates it once more (the safe side), while memory stays bounded when removals pour in (404s
     /// for URLs from the internet) and the store is down.
     fn add_removal(&mut self, path: Cow<'_, str>, capacity: usize) {
-        if self.removals.len() < capacity || self.removals.contains(path.as_ref()) {
-            self.removals.insert(path.into_owned());
-        } else {
-            self.removals_dropped += 1;
+        // A path that 404s again (a scanner's favourite) is looked up, not copied.
+        if !self.removals.contains(path.as_ref()) {
+            if self.removals.len() < capacity {
+                self.removals.insert(path.into_owned());
+            } else {
+                self.removals_dropped += 1;
+            }
         }
     }
 }
