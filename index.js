@@ -318,20 +318,14 @@ class Tracker {
   }
 
   /**
-   * The middleware's removeUrl (a 404 decided as its handlers return): gathered with the other calls, in order, and
-   * like its storeUrl, quiet about a URL that cannot become a path (junk from the internet is not logged).
+   * The middleware's removeUrl (a 404), quiet like its storeUrl about a URL that cannot become a path (junk from the
+   * internet is not logged). A 404 decided as its handlers return is gathered with the other calls, in order; one a
+   * sweep found (`beforeGathered`) ended at some point since the last hand-over, so it goes before the calls gathered
+   * since.
    */
-  _removeQuietly (url) {
-    if (gatherableTtl(url, undefined) !== undefined) this._gatherQuietly(url, BATCH_REMOVE_TTL)
-    else this._removal(url, isArgumentError)
-  }
-
-  /**
-   * The middleware's removal of a URL whose response (a 404) a sweep found ended, at some point since the last
-   * hand-over: it goes before the calls gathered since. Quiet about junk, as `_removeQuietly`.
-   */
-  _removeBeforeGathered (url) {
-    this._removal(url, isArgumentError, true)
+  _removeQuietly (url, beforeGathered = false) {
+    if (!beforeGathered && gatherableTtl(url, undefined) !== undefined) this._gatherQuietly(url, BATCH_REMOVE_TTL)
+    else this._removal(url, isArgumentError, beforeGathered)
   }
 
   /** removeUrl through its own native call; `quiet` and `beforeGathered` as for `_buffered`. */

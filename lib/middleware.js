@@ -111,7 +111,7 @@ function middleware (tracker, options = {}) {
     : (url, seconds) => handled(tracker.storeUrl(url, seconds))
   // A 404's removal, likewise; one a sweep found goes before the URLs tracked since the last hand-over (see done).
   const untrack = quiet
-    ? (url, swept) => swept ? tracker._removeBeforeGathered(url) : tracker._removeQuietly(url)
+    ? (url, swept) => tracker._removeQuietly(url, swept)
     : (url) => handled(tracker.removeUrl(url))
 
   // A response is decided once it has ended, when its status and headers are final: most have ended by the time the

@@ -242,7 +242,8 @@ impl WriteBuffer {
     }
 
     /// URLs waiting to be written.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.lock().entries.len()
     }
 

@@ -294,6 +294,7 @@ fn build(
             "batchSize must be between 1 and 3000".into(),
         ));
     }
+    let defaults = TrackerConfig::default();
     let config = TrackerConfig {
         send: SendConfig {
             batch_size,
@@ -303,11 +304,15 @@ fn build(
             send_timeout: ms(opts.send_timeout_ms, 15 * 60_000),
             poll_interval: ms(opts.poll_interval_ms, 10_000),
         },
-        max_tracked: opts.max_tracked_urls.map_or(1_000_000, |m| m as usize),
+        max_tracked: opts
+            .max_tracked_urls
+            .map_or(defaults.max_tracked, |m| m as usize),
         flush_interval: opts
             .flush_interval_ms
-            .map_or(DEFAULT_FLUSH_INTERVAL, |v| Duration::from_millis(v.into())),
-        buffer_capacity: opts.buffer_capacity.map_or(100_000, |c| c.max(1) as usize),
+            .map_or(defaults.flush_interval, |v| Duration::from_millis(v.into())),
+        buffer_capacity: opts
+            .buffer_capacity
+            .map_or(defaults.buffer_capacity, |c| c.max(1) as usize),
     };
     let cf = CfConfig {
         dist: opts.dist,
