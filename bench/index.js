@@ -174,9 +174,11 @@ function startServer (args, timeoutMs, wrapper = null, nodeFlags = []) {
   }
 }
 
-/** Loads a server for `length` (seconds, or `{ amount }` requests) with Zipf-ranked catalog paths. */
-async function loadTest (port, length, connections, ranks) {
-  let next = 0
+/**
+ * Loads a server for `length` (seconds, or `{ amount }` requests) with the Zipf-ranked catalog paths of `ranks`,
+ * from `cursor.next` on (wrapping around), and leaves the cursor where it stopped, for the next load to go on.
+ */
+async function loadTest (port, length, connections, ranks, cursor = { next: 0 }) {
   const result = await autocannon({
     url: `http://127.0.0.1:${port}`,
     connections,
@@ -184,8 +186,8 @@ async function loadTest (port, length, connections, ranks) {
     requests: [{
       method: 'GET',
       setupRequest (req) {
-        const rank = ranks[next]
-        next = next + 1 === ranks.length ? 0 : next + 1
+        const rank = ranks[cursor.next]
+        cursor.next = cursor.next + 1 === ranks.length ? 0 : cursor.next + 1
         return { ...req, path: catalogPath(rank) }
       }
     }]
@@ -251,7 +253,10 @@ async function measureExpress ({ redis, cf, settings, timeoutMs }) {
     const pinned = pinCores(EXPRESS_SIDES.map((side) => servers[side].pid), [process.pid, redis.pid])
     const ranks = zipfRanks(1_000_000, URL_SPACE, { seed: 7 })
     const { warmupSec, rounds, roundSec, connections } = settings
-    const all = (seconds) => Promise.all(EXPRESS_SIDES.map((side) => loadTest(ports[side], seconds, connections, ranks)))
+    // Each server goes on through the ranks from round to round, as a server's traffic does, rather than starting
+    // them over (which would serve the same few thousand URLs, already in Redis, in every round).
+    const cursors = Object.fromEntries(EXPRESS_SIDES.map((side) => [side, { next: 0 }]))
+    const all = (seconds) => Promise.all(EXPRESS_SIDES.map((side) => loadTest(ports[side], seconds, connections, ranks, cursors[side])))
     if (warmupSec > 0) await all(warmupSec)
     const rates = { tracker: [], noop: [], none: [] }
     const ratios = { tracker: [], noop: [] }
