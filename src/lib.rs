@@ -238,9 +238,13 @@ pub struct Distribution {
     pub status: String,
 }
 
-fn ms(v: Option<u32>, default: u64) -> Duration {
-    Duration::from_millis(v.map_or(default, u64::from))
+/// A duration option given in milliseconds, or `default`.
+fn ms(v: Option<u32>, default: Duration) -> Duration {
+    v.map_or(default, |v| Duration::from_millis(v.into()))
 }
+
+/// How long a custom store's method may take before its call fails, unless `storeTimeoutMs` says otherwise.
+const JS_STORE_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn build(
     opts: NativeOptions,
@@ -278,7 +282,7 @@ fn build(
             Arc::new(JsStore::new(
                 dispatch,
                 opts.store_methods.unwrap_or_default(),
-                ms(opts.store_timeout_ms, 30_000),
+                ms(opts.store_timeout_ms, JS_STORE_TIMEOUT),
                 rules.clone(),
             ))
         }
@@ -288,7 +292,10 @@ fn build(
             )))
         }
     };
-    let batch_size = opts.batch_size.map_or(1000, |b| b as usize);
+    let send_defaults = SendConfig::default();
+    let batch_size = opts
+        .batch_size
+        .map_or(send_defaults.batch_size, |b| b as usize);
     if !(1..=3000).contains(&batch_size) {
         return Err(Error::InvalidArgument(
             "batchSize must be between 1 and 3000".into(),
@@ -300,9 +307,9 @@ fn build(
             batch_size,
             max_paths: opts.max_paths.map(|m| m as usize),
             rules,
-            lease: ms(opts.lease_ms, 60_000),
-            send_timeout: ms(opts.send_timeout_ms, 15 * 60_000),
-            poll_interval: ms(opts.poll_interval_ms, 10_000),
+            lease: ms(opts.lease_ms, send_defaults.lease),
+            send_timeout: ms(opts.send_timeout_ms, send_defaults.send_timeout),
+            poll_interval: ms(opts.poll_interval_ms, send_defaults.poll_interval),
         },
         max_tracked: opts
             .max_tracked_urls
