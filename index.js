@@ -1,7 +1,7 @@
 'use strict'
 
 const { NativeTracker, BatchEnd, BATCH_REMOVE_TTL } = require('./binding.js')
-const { parseOptions, MAX_URL_LENGTH } = require('./lib/options')
+const { parseOptions, optBoolean, MAX_URL_LENGTH } = require('./lib/options')
 const { Store } = require('./lib/store')
 const { argType, argValue, fromNative, fromCoded } = require('./lib/errors')
 
@@ -369,8 +369,8 @@ class Tracker {
   sendInvalidation (options = {}) {
     return this._run('sendInvalidation', async () => {
       if (options === null || typeof options !== 'object') throw argType('options', 'of type object', options)
-      const wait = options.wait === true
-      const dryRun = options.dryRun === true
+      const wait = optBoolean(options, 'wait', false)
+      const dryRun = optBoolean(options, 'dryRun', false)
       let raw
       try {
         raw = await this._native.send(wait, dryRun)

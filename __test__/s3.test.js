@@ -48,9 +48,14 @@ describe('S3 origins and keys', () => {
   })
 
   test('keys decode from the event form into paths that keep every character of the key', () => {
-    assert.equal(keyToPath('a+b%C3%A9.jpg'), '/a bé.jpg')
-    assert.equal(keyToPath('dir/100%25+off%3F.html'), '/dir/100%25 off%3F.html')
+    assert.equal(keyToPath('a+b%C3%A9.jpg'), '/a%20bé.jpg')
+    assert.equal(keyToPath('dir/100%25+off%3F.html'), '/dir/100%25%20off%3F.html')
     assert.equal(keyToPath('a%2Bb%23c'), '/a+b%23c')
+    // Spaces and control characters at either end are the key's, not padding a URL parser would trim.
+    assert.equal(keyToPath('report.pdf+'), '/report.pdf%20')
+    assert.equal(keyToPath('+'), '/%20')
+    assert.equal(keyToPath('notes%09'), '/notes%09')
+    assert.equal(keyToPath('%7F+x'), '/%7F%20x')
     const t = createTracker({ cf: { dist: 'E' }, store: 'memory://', logger: false })
     assert.equal(t.normalize(keyToPath('a+b%C3%A9.jpg')), '/a%20b%C3%A9.jpg')
     assert.equal(t.normalize(keyToPath('dir/100%25+off%3F.html')), '/dir/100%25%20off%3F.html')
@@ -131,6 +136,15 @@ describe('invalidateS3Event and findDistributionByOrigin (moto)', () => {
 
     assert.deepEqual(await invalidateS3Event({ Records: [] }, { cf: cf() }), [])
     await assert.rejects(invalidateS3Event(null, { cf: cf() }), { code: 'ERR_INVALID_ARG_TYPE' })
+  })
+
+  test('keys ending or made of spaces and control characters invalidate those objects, not their trimmed names', async () => {
+    const was = await received(other)
+    const event = { Records: [record('any', 'report.pdf+'), record('any', '+'), record('any', 'notes%09')] }
+    const reports = await invalidateS3Event(event, { cf: { ...cf(), dist: other }, logger: false })
+    assert.equal(reports[0].paths, 3)
+    const added = (await received(other)).filter((p) => !was.includes(p))
+    assert.deepEqual(added, ['/%20', '/notes%09', '/report.pdf%20'])
   })
 
   test('a failed send rejects with the CloudFront error and every report', async () => {

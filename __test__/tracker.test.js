@@ -21,6 +21,7 @@ describe('options', () => {
     assert.throws(() => createTracker({ redis: true }), { message: 'Missing CloudFront secret key, access key, or distribution ID' })
     assert.throws(() => createTracker({ cf: { secret_key: 's', access_key: 'a' }, redis: true }), { message: /Missing CloudFront/ })
     assert.throws(() => createTracker({ cf: { access_key: 'a', dist: 'E' }, redis: true }), { message: /Missing CloudFront/ })
+    assert.throws(() => createTracker({ cf: { ...cf, dist: '   ' }, redis: true }), { message: /Missing CloudFront/ })
     assert.throws(() => createTracker({ cf }), { message: 'Options must contain a store' })
   })
 
@@ -28,6 +29,7 @@ describe('options', () => {
     assert.ok(createTracker({ cf, redis: true }))
     assert.ok(createTracker({ cf, redis: { REDIS_URL: 'redis://127.0.0.1:1' } }))
     assert.ok(createTracker({ cf, redis: { port: 1, hostname: '127.0.0.1', password: 'x' } }))
+    assert.ok(createTracker({ cf, redis: { port: '6379', hostname: '127.0.0.1' } }), 'a port from the environment')
     assert.ok(createTracker({ cf, redis: { url: 'rediss://u:p@127.0.0.1:1/2', prefix: 'app' } }))
     assert.ok(createTracker({ cf: { dist: 'E' }, store: 'memory://' }), 'credentials may come from the AWS chain')
   })
@@ -37,6 +39,11 @@ describe('options', () => {
       [{ cf: 'x', redis: true }, TypeError, 'ERR_INVALID_ARG_TYPE'],
       [{ cf, redis: 42 }, TypeError, 'ERR_INVALID_ARG_TYPE'],
       [{ cf, redis: { url: 'http://x' } }, RangeError, 'ERR_INVALID_ARG_VALUE'],
+      [{ cf, redis: { port: true } }, TypeError, 'ERR_INVALID_ARG_TYPE'],
+      [{ cf, redis: { port: '63 79' } }, TypeError, 'ERR_INVALID_ARG_TYPE'],
+      [{ cf, redis: { port: 70000 } }, RangeError, 'ERR_INVALID_ARG_VALUE'],
+      [{ cf: { ...cf, dist: 'E123 ' }, redis: true }, RangeError, 'ERR_INVALID_ARG_VALUE'],
+      [{ cf: { ...cf, dist: '../E123' }, redis: true }, RangeError, 'ERR_INVALID_ARG_VALUE'],
       [{ cf, store: 'mongo://x' }, RangeError, 'ERR_INVALID_ARG_VALUE'],
       [{ cf, store: 'memory://', batchSize: 0 }, RangeError, 'ERR_INVALID_ARG_VALUE'],
       [{ cf, store: 'memory://', batchSize: 3001 }, RangeError, 'ERR_INVALID_ARG_VALUE'],
@@ -65,7 +72,11 @@ describe('calls', () => {
       [() => invl.storeUrl('/x', '60'), TypeError, 'ERR_INVALID_ARG_TYPE'],
       [() => invl.setUrlTTL('/ok', -5), RangeError, 'ERR_INVALID_ARG_VALUE'],
       [() => invl.removeUrl(null), TypeError, 'ERR_INVALID_ARG_TYPE'],
-      [() => invl.sendInvalidation('now'), TypeError, 'ERR_INVALID_ARG_TYPE']
+      [() => invl.sendInvalidation('now'), TypeError, 'ERR_INVALID_ARG_TYPE'],
+      // A dry run asked for in the wrong type is refused, not taken for a real send.
+      [() => invl.sendInvalidation({ dryRun: 'true' }), TypeError, 'ERR_INVALID_ARG_TYPE'],
+      [() => invl.sendInvalidation({ dryRun: 1 }), TypeError, 'ERR_INVALID_ARG_TYPE'],
+      [() => invl.sendInvalidation({ wait: 'yes' }), TypeError, 'ERR_INVALID_ARG_TYPE']
     ]
     await noUnhandledRejections(async () => {
       for (const [call, Type, code] of cases) {

@@ -4,7 +4,7 @@
 
 const { ServerResponse, OutgoingMessage } = require('node:http')
 const { argType, argValue } = require('./errors')
-const { MAX_URL_LENGTH } = require('./options')
+const { MAX_URL_LENGTH, optBoolean } = require('./options')
 
 const DEFAULT_METHODS = ['GET', 'HEAD']
 const { getHeader } = OutgoingMessage.prototype
@@ -38,13 +38,6 @@ function optFunction (options, key) {
   const v = options[key]
   if (v === undefined || v === null) return undefined
   if (typeof v !== 'function') throw argType(`options.${key}`, 'a function', v)
-  return v
-}
-
-function optBoolean (options, key, fallback) {
-  const v = options[key]
-  if (v === undefined || v === null) return fallback
-  if (typeof v !== 'boolean') throw argType(`options.${key}`, 'of type boolean', v)
   return v
 }
 

@@ -32,13 +32,22 @@ function optInt (options, key, min, max) {
   return v
 }
 
+/** A boolean option `key` of `options` (named `where.key` in errors), or `fallback` when it is not given. */
+function optBoolean (options, key, fallback, where = 'options') {
+  const v = options[key]
+  if (v === undefined || v === null) return fallback
+  if (typeof v !== 'boolean') throw argType(`${where}.${key}`, 'of type boolean', v)
+  return v
+}
+
 function parseCf (cf) {
   if (cf === undefined || cf === null) throw new Error(MISSING_CF)
   if (!isObject(cf)) throw argType('options.cf', 'of type object', cf)
   const accessKey = optString(cf, 'access_key', 'options.cf') ?? optString(cf, 'accessKeyId', 'options.cf')
   const secretKey = optString(cf, 'secret_key', 'options.cf') ?? optString(cf, 'secretAccessKey', 'options.cf')
   const dist = optString(cf, 'dist', 'options.cf')
-  if (!dist || Boolean(accessKey) !== Boolean(secretKey)) throw new Error(MISSING_CF)
+  if (!dist || !dist.trim() || Boolean(accessKey) !== Boolean(secretKey)) throw new Error(MISSING_CF)
+  if (!/^[A-Za-z0-9]+$/.test(dist)) throw argValue('options.cf.dist', 'must be a distribution ID (letters and digits)', dist)
   const endpoint = optString(cf, 'endpoint', 'options.cf')
   if (endpoint !== undefined && !/^https?:\/\/[^\s]+$/.test(endpoint)) {
     throw argValue('options.cf.endpoint', 'must be an http(s) URL', endpoint)
@@ -64,8 +73,12 @@ function redisUrl (redis, env) {
     return url
   }
   const host = optString(redis, 'hostname', 'options.redis') ?? optString(redis, 'host', 'options.redis') ?? '127.0.0.1'
-  const port = redis.port === undefined || redis.port === null ? 6379 : Number(redis.port)
-  if (!Number.isInteger(port) || port < 1 || port > 65535) throw argValue('options.redis.port', 'must be a port number', redis.port)
+  const given = redis.port
+  if (given !== undefined && given !== null && typeof given !== 'number' && !(typeof given === 'string' && /^\d+$/.test(given))) {
+    throw argType('options.redis.port', 'a port number', given)
+  }
+  const port = given === undefined || given === null ? 6379 : Number(given)
+  if (!Number.isInteger(port) || port < 1 || port > 65535) throw argValue('options.redis.port', 'must be a port number', given)
   const password = optString(redis, 'password', 'options.redis')
   const auth = password ? `:${encodeURIComponent(password)}@` : ''
   const h = host.includes(':') && !host.startsWith('[') ? `[${host}]` : host
@@ -146,4 +159,4 @@ function parseOptions (options, env = process.env) {
   return { native, logger: parseLogger(options.logger), dispatch }
 }
 
-module.exports = { parseOptions, redisUrl, MISSING_CF, MAX_URL_LENGTH }
+module.exports = { parseOptions, redisUrl, optBoolean, MISSING_CF, MAX_URL_LENGTH }

@@ -106,9 +106,14 @@ function parseJson (text) {
   }
 }
 
+/** Characters of a decoded key escaped before the tracker sees it: what it would take for URL syntax, or trim. */
+const KEY_ESCAPED = /[%?#\u0000-\u0020\u007f]/g
+
 /**
  * The path an S3 object key is served at: '/' + the key, decoded from the event's form ('+' for space, then
- * percent-escapes), with '%', '?' and '#' escaped so that they stay part of the path. The tracker encodes the rest.
+ * percent-escapes), with '%', '?', '#', spaces and control characters escaped, so that they stay part of the path
+ * (a URL's leading and trailing spaces and controls would be trimmed: the object 'report.pdf ' is not 'report.pdf').
+ * The tracker encodes the rest.
  */
 function keyToPath (key) {
   let decoded
@@ -117,7 +122,7 @@ function keyToPath (key) {
   } catch {
     decoded = key
   }
-  return '/' + decoded.replace(/%/g, '%25').replace(/\?/g, '%3F').replace(/#/g, '%23')
+  return '/' + decoded.replace(KEY_ESCAPED, (c) => '%' + c.charCodeAt(0).toString(16).toUpperCase().padStart(2, '0'))
 }
 
 /** A name for this event, the same each time it is delivered: a digest of its records. */
