@@ -188,6 +188,11 @@ describe('store failures reject with the method named and leave the process aliv
     'getAllKeys answers a number': { getAllKeys () { return 42 } },
     'getAllKeys answers non-strings': { getAllKeys () { return ['/a', 7] } },
     'getAllKeys answers an object': { async getAllKeys () { return { '/a': 1 } } },
+    'getAllKeys answers nothing': { getAllKeys () {} },
+    'getAllKeys answers a sparse array longer than memory': { getAllKeys () { const a = ['/a']; a.length = 2 ** 32 - 1; return a } },
+    'getAllKeys answers an array whose getter throws': {
+      getAllKeys () { const a = ['/a', '/b']; Object.defineProperty(a, 1, { get () { throw new Error('getter') } }); return a }
+    },
     'getAllKeys never answers': { getAllKeys (cb) {} } // eslint-disable-line n/handle-callback-err
   }
   const expectations = {
@@ -199,6 +204,9 @@ describe('store failures reject with the method named and leave the process aliv
     'getAllKeys answers a number': ['getAllKeys', 'ERR_CFIT_STORE', /array of strings/],
     'getAllKeys answers non-strings': ['getAllKeys', 'ERR_CFIT_STORE', /array of strings/],
     'getAllKeys answers an object': ['getAllKeys', 'ERR_CFIT_STORE', /array of strings/],
+    'getAllKeys answers nothing': ['getAllKeys', 'ERR_CFIT_STORE', /array of strings/],
+    'getAllKeys answers a sparse array longer than memory': ['getAllKeys', 'ERR_CFIT_STORE', /array of strings/],
+    'getAllKeys answers an array whose getter throws': ['getAllKeys', 'ERR_CFIT_STORE', /array of strings/],
     'getAllKeys never answers': ['getAllKeys', 'ERR_CFIT_STORE_TIMEOUT', /did not answer within 200 ms/]
   }
   for (const [name, override] of Object.entries(cases)) {

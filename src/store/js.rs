@@ -59,16 +59,67 @@ impl FromNapiValue for StoreReply {
                 if !is_array {
                     return Ok(StoreReply::Other("an object that is not an array".into()));
                 }
-                // SAFETY: as above; a failed conversion is reported, not thrown.
-                match unsafe { Vec::<String>::from_napi_value(env, value) } {
-                    Ok(keys) => Ok(StoreReply::Keys(keys)),
-                    Err(_) => Ok(StoreReply::Other(
-                        "an array holding something that is not a string".into(),
-                    )),
-                }
+                // SAFETY: as above.
+                Ok(match unsafe { read_keys(env, value) } {
+                    Some(keys) => StoreReply::Keys(keys),
+                    None => {
+                        // SAFETY: as above. A getter that threw leaves its exception pending: it is the store's
+                        // wrong answer, reported as such, not thrown into the host.
+                        unsafe { clear_pending_exception(env) };
+                        StoreReply::Other("an array holding something that is not a string".into())
+                    }
+                })
             }
             other => Ok(StoreReply::Other(format!("a value of type {other}"))),
         }
+    }
+}
+
+/// Keys reserved for ahead of reading an array: its `length` alone (a sparse array's, say) is no measure of memory.
+const KEYS_RESERVED_MAX: usize = 1 << 16;
+
+/// The strings of the JavaScript array `array`, read one by one; `None` at the first element that is not a string
+/// (a hole included) or cannot be read.
+///
+/// # Safety
+/// `env` and `array` must come from napi for the current call, and `array` must be an array.
+unsafe fn read_keys(env: sys::napi_env, array: sys::napi_value) -> Option<Vec<String>> {
+    let mut len = 0u32;
+    // SAFETY: per this function's contract.
+    if unsafe { sys::napi_get_array_length(env, array, &mut len) } != sys::Status::napi_ok {
+        return None;
+    }
+    let mut keys = Vec::with_capacity((len as usize).min(KEYS_RESERVED_MAX));
+    for i in 0..len {
+        let mut element = std::ptr::null_mut();
+        // SAFETY: as above.
+        if unsafe { sys::napi_get_element(env, array, i, &mut element) } != sys::Status::napi_ok {
+            return None;
+        }
+        let mut ty = 0;
+        // SAFETY: as above; `element` was just read.
+        unsafe { sys::napi_typeof(env, element, &mut ty) };
+        if ValueType::from(ty) != ValueType::String {
+            return None;
+        }
+        // SAFETY: as above; `element` is a string.
+        keys.push(unsafe { String::from_napi_value(env, element) }.ok()?);
+    }
+    Some(keys)
+}
+
+/// Clears a JavaScript exception left pending by a failed read, if any.
+///
+/// # Safety
+/// `env` must come from napi for the current call.
+unsafe fn clear_pending_exception(env: sys::napi_env) {
+    let mut pending = false;
+    // SAFETY: per this function's contract.
+    unsafe { sys::napi_is_exception_pending(env, &mut pending) };
+    if pending {
+        let mut exception = std::ptr::null_mut();
+        // SAFETY: as above.
+        unsafe { sys::napi_get_and_clear_last_exception(env, &mut exception) };
     }
 }
 
@@ -189,7 +240,16 @@ impl JsStore {
     async fn all_keys(&self) -> Result<Vec<String>> {
         let keys = match self.call("getAllKeys", None, None).await? {
             StoreReply::Keys(keys) => keys,
-            StoreReply::Nothing => Vec::new(),
+            // An empty store answers an empty array: nothing at all is no answer (a callback given a default value,
+            // say, so that the store was called without one).
+            StoreReply::Nothing => {
+                return Err(Error::Store {
+                    method: "getAllKeys",
+                    message:
+                        "answered nothing (undefined or null); it must give an array of strings"
+                            .into(),
+                })
+            }
             StoreReply::Other(what) => {
                 return Err(Error::Store {
                     method: "getAllKeys",
