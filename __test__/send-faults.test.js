@@ -261,6 +261,32 @@ describe('failures part-way', () => {
     assert.deepEqual(await tracker.listUrls(), [])
   })
 
+  it('a sender keeps the leases of every claim it holds while it waits on one: no other sender takes them, nothing is billed twice', async () => {
+    // Room for three paths in progress, each invalidation in progress for 3 s.
+    await useCloudFront({ inProgressMs: 3000, maxInProgressPaths: 3 })
+    const { tracker: a, opts } = await tracked(0)
+    await Promise.all(['/old/1', '/old/2', '/both'].map((u) => a.storeUrl(u)))
+    cf.fail('accessDenied')
+    await assert.rejects(a.sendInvalidation(), { code: 'ERR_CFIT_CLOUDFRONT' }) // its claim is kept, for later
+    await sleep(1100) // and its lease runs out
+    await Promise.all(['/new/1', '/new/2', '/both'].map((u) => a.storeUrl(u)))
+    // Another application fills the distribution's room for 3 s.
+    const other = createTracker({ ...options(), cf: { dist: DIST, endpoint: cf.endpoint }, store: 'memory://', redis: undefined })
+    await Promise.all(['/x/1', '/x/2', '/x/3'].map((u) => other.storeUrl(u)))
+    await other.sendInvalidation()
+    // A resumes the old claim and makes a new one, and waits for room for the old one far longer than the 1 s lease.
+    // B, sending meanwhile, must find both claims held.
+    const sendA = a.sendInvalidation()
+    await sleep(1800)
+    const reportB = await createTracker(opts).sendInvalidation()
+    assert.equal(reportB.paths, 0, 'B found nothing of its own to send')
+    const reportA = await sendA
+    assert.equal(reportA.resumed, 1)
+    const received = cf.pathsReceived(DIST).filter((p) => !p.startsWith('/x/'))
+    assert.deepEqual([...received].sort(), ['/both', '/new/1', '/new/2', '/old/1', '/old/2'], 'each path once')
+    assert.deepEqual(await a.listUrls(), [])
+  })
+
   it('a path CloudFront refuses is found, dropped and reported; the rest of its batch goes through', async () => {
     const { tracker, urls } = await tracked(40, { batchSize: 20 })
     cf.refusePaths((p) => p === '/item/00013')

@@ -317,8 +317,33 @@ struct Sender<'a> {
     in_progress: Option<InProgress>,
     /// False once CloudFront refused to list invalidations: the send then relies on TooManyInvalidationsInProgress.
     pacing: bool,
-    /// When the lease was last renewed.
-    renewed: Instant,
+    /// The claims this send holds and has not yet finished or given back: their leases are renewed meanwhile.
+    held: &'a Held,
+}
+
+/// Claims a send holds, behind a lock that a renewal holds while it runs, so that a claim finished or given back is
+/// never renewed after.
+type Held = tokio::sync::Mutex<std::collections::BTreeSet<String>>;
+
+/// Renews the lease of every claim in `held` every third of the lease, for as long as the send runs (it never
+/// returns: the send drops it when done). A sender busy with one claim (waiting for room on CloudFront, or in one
+/// slow request) keeps its others too, so that no other sender takes them for abandoned.
+async fn keep_leases(
+    store: &dyn Store,
+    cfg: &SendConfig,
+    held: &Held,
+    log: &dyn Log,
+) -> std::convert::Infallible {
+    let lease_ms = cfg.lease.as_millis() as u64;
+    loop {
+        tokio::time::sleep(cfg.lease / 3).await;
+        let held = held.lock().await;
+        for id in held.iter() {
+            if let Err(e) = store.renew(id, lease_ms).await {
+                log.warn(&format!("could not renew the send's lease: {e}"));
+            }
+        }
+    }
 }
 
 enum BatchOutcome {
@@ -330,19 +355,9 @@ enum BatchOutcome {
 }
 
 impl Sender<'_> {
-    async fn pause(&mut self, claim_id: &str, d: Duration) {
-        let d = d.min(self.deadline.saturating_duration_since(Instant::now()));
-        tokio::time::sleep(d).await;
-        match self
-            .store
-            .renew(claim_id, self.cfg.lease.as_millis() as u64)
-            .await
-        {
-            Ok(()) => self.renewed = Instant::now(),
-            Err(e) => self
-                .log
-                .warn(&format!("could not renew the send's lease: {e}")),
-        }
+    /// Sleeps `d`, or until the deadline if sooner.
+    async fn pause(&self, d: Duration) {
+        tokio::time::sleep(d.min(self.deadline.saturating_duration_since(Instant::now()))).await;
     }
 
     fn timed_out(&self) -> bool {
@@ -350,12 +365,7 @@ impl Sender<'_> {
     }
 
     /// Waits until the distribution has room for `paths`; false when the deadline passed first.
-    async fn wait_for_room(
-        &mut self,
-        claim_id: &str,
-        paths: &[String],
-        retries: &mut u32,
-    ) -> Result<bool> {
+    async fn wait_for_room(&mut self, paths: &[String], retries: &mut u32) -> Result<bool> {
         let need = InProgress::of(paths);
         loop {
             let fits = |ip: &InProgress| ip.has_room_for(&need);
@@ -390,7 +400,7 @@ impl Sender<'_> {
                 return Ok(false);
             }
             *retries += 1;
-            self.pause(claim_id, self.cfg.poll_interval).await;
+            self.pause(self.cfg.poll_interval).await;
         }
     }
 
@@ -410,7 +420,7 @@ impl Sender<'_> {
         while let Some((label, chunk)) = pending.pop() {
             let reference = caller_reference(self.cf.dist(), claim_id, &label, &chunk);
             loop {
-                match self.wait_for_room(claim_id, &chunk, retries).await {
+                match self.wait_for_room(&chunk, retries).await {
                     Ok(true) => {}
                     Ok(false) => return BatchOutcome::Kept(self.deadline_error()),
                     Err(e) => return BatchOutcome::Kept(e),
@@ -476,7 +486,7 @@ impl Sender<'_> {
                 } else {
                     backoff
                 };
-                self.pause(claim_id, pause).await;
+                self.pause(pause).await;
                 backoff = (backoff * 2).min(Duration::from_secs(20));
             }
         }
@@ -549,12 +559,6 @@ impl Sender<'_> {
                 {
                     BatchOutcome::Accepted(created, rejected) => {
                         self.store.batch_done(&id, index, &batch).await?;
-                        if self.renewed.elapsed() > self.cfg.lease / 3 {
-                            self.store
-                                .renew(&id, self.cfg.lease.as_millis() as u64)
-                                .await?;
-                            self.renewed = Instant::now();
-                        }
                         let sent = batch.paths.len() - rejected.len();
                         if !created.is_empty() {
                             self.log.info("Success! 201");
@@ -592,6 +596,8 @@ impl Sender<'_> {
             entry.paths = batch.paths;
             report.batches.push(entry);
         }
+        let mut held = self.held.lock().await;
+        held.remove(&id);
         match failure {
             None => self.store.finish(&id).await,
             Some(e) => {
@@ -689,6 +695,7 @@ pub async fn send(
     }
     let billed_before = store.billed_this_month().await?;
     let claims = store.claim(cfg.lease.as_millis() as u64).await?;
+    let held: Held = tokio::sync::Mutex::new(claims.iter().map(|c| c.id.clone()).collect());
     let mut sender = Sender {
         store,
         cf,
@@ -697,20 +704,27 @@ pub async fn send(
         deadline: Instant::now() + cfg.send_timeout,
         in_progress: None,
         pacing: true,
-        renewed: Instant::now(),
+        held: &held,
     };
     // Only when an earlier claim is resumed beside a new one can the two hold the same URL.
     let mut older =
         (claims.iter().any(|c| c.resumed) && claims.iter().any(|c| !c.resumed)).then(HashSet::new);
-    let ids: Vec<String> = claims.iter().map(|c| c.id.clone()).collect();
-    for (i, claim) in claims.into_iter().enumerate() {
-        if let Err(e) = sender.send_claim(claim, &mut older, &mut report).await {
-            // The store failed mid-send: give back every claim not finished, for the next send to resume.
-            for id in &ids[i..] {
-                let _ = store.release(id).await;
-            }
-            return Err(e);
+    let work = async {
+        for claim in claims {
+            sender.send_claim(claim, &mut older, &mut report).await?;
         }
+        Ok::<_, Error>(())
+    };
+    let sent = tokio::select! {
+        sent = work => sent,
+        never = keep_leases(store, cfg, &held, log) => match never {},
+    };
+    if let Err(e) = sent {
+        // The store failed mid-send: give back every claim not finished, for the next send to resume.
+        for id in std::mem::take(&mut *held.lock().await) {
+            let _ = store.release(&id).await;
+        }
+        return Err(e);
     }
     if !report.overflow.is_empty() {
         log.warn(&format!(
