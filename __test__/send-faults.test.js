@@ -299,6 +299,24 @@ describe('failures part-way', () => {
     assert.equal(new Set(refs).size, refs.length)
   })
 
+  it('CloudFront refusing every request as InvalidArgument keeps every URL, after a few requests, not one per path', async () => {
+    const { tracker, urls } = await tracked(200)
+    cf.refusePaths(() => true)
+    await assert.rejects(tracker.sendInvalidation(), (err) => {
+      assert.equal(err.code, 'ERR_CFIT_CLOUDFRONT')
+      assert.match(err.message, /stay tracked/)
+      assert.equal(err.report.kept, 200)
+      assert.deepEqual(err.report.rejected, [])
+      return true
+    })
+    assert.ok(creates().length <= 12, `${creates().length} requests`)
+    assert.deepEqual(await tracker.listUrls(), urls, 'nothing dropped')
+    // Once CloudFront takes paths again, they all go.
+    cf.refusePaths(() => false)
+    await tracker.sendInvalidation()
+    assertDeliveredOnce(urls)
+  })
+
   it('two senders racing on one Redis send each URL once between them', async () => {
     await useCloudFront()
     const { urls, opts } = await tracked(3000, { batchSize: 500 })

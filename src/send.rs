@@ -122,6 +122,11 @@ pub fn plan(
 ) -> (Vec<PlannedBatch>, bool) {
     urls.sort_unstable();
     urls.dedup();
+    // A flood-guard wildcard that is also tracked (a wildcard asked for with `storeUrl`) is sent once.
+    let overflow: Vec<String> = overflow
+        .into_iter()
+        .filter(|w| urls.binary_search(w).is_err())
+        .collect();
     let budget = cfg.max_paths.unwrap_or(usize::MAX);
     let variants =
         cfg.rules.index_document.is_some() || cfg.rules.query_strings == QueryStrings::Wildcard;
@@ -168,7 +173,8 @@ pub fn plan(
             covers: vec![url],
         });
     }
-    units.extend(wildcards);
+    // Likewise one that is a form of a tracked URL (its query-string wildcard, say).
+    units.extend(wildcards.filter(|w| !seen.contains_key(&w.paths[0])));
     let total: usize = units.iter().map(|u| u.paths.len()).sum();
     if total > budget {
         return (collapse_plan(units, budget, cfg.batch_size), true);
@@ -299,6 +305,20 @@ fn split(pending: &mut Vec<(String, Vec<String>)>, label: &str, chunk: &[String]
     pending.push((format!("{label}.0"), a.to_vec()));
 }
 
+/// Most InvalidArgument refusals while one batch is searched for the paths CloudFront will not take.
+const MAX_REFUSALS_PER_BATCH: u32 = 64;
+
+/// The error of a batch kept because CloudFront refused what looks like the request itself, not some of its paths.
+fn refused_request(code: String, message: String) -> Error {
+    Error::CloudFront {
+        code,
+        message: format!(
+            "{message} (CloudFront accepted none of this send's requests, so the refusal is taken for one of the \
+             request, not of its paths: they stay tracked)"
+        ),
+    }
+}
+
 /// Logger the sender reports progress to.
 pub trait Log: Send + Sync {
     /// Informational line.
@@ -319,6 +339,9 @@ struct Sender<'a> {
     pacing: bool,
     /// The claims this send holds and has not yet finished or given back: their leases are renewed meanwhile.
     held: &'a Held,
+    /// CloudFront accepted a request of this send: a refusal of a single path (InvalidArgument) is then the path's,
+    /// not the request's.
+    accepted_any: bool,
 }
 
 /// Claims a send holds, behind a lock that a renewal holds while it runs, so that a claim finished or given back is
@@ -414,7 +437,12 @@ impl Sender<'_> {
     ) -> BatchOutcome {
         let mut pending: Vec<(String, Vec<String>)> = vec![(index.to_string(), paths.to_vec())];
         let mut accepted = Vec::new();
-        let mut rejected = Vec::new();
+        // Paths refused one by one (InvalidArgument): dropped as CloudFront's refusal of them once it has accepted
+        // another request of this send; while it has accepted none, the refusal may be of every request, and the
+        // search by halves stops after as many refusals as finding one bad path takes.
+        let mut refused = Vec::new();
+        let mut refusals = 0u32;
+        let refusals_to_find_one = paths.len().max(1).ilog2() + 2;
         let mut backoff = Duration::from_millis(200);
         let mut transient = 0;
         while let Some((label, chunk)) = pending.pop() {
@@ -431,6 +459,7 @@ impl Sender<'_> {
                             ip.add(&InProgress::of(&chunk));
                         }
                         accepted.push((created.id, reference.clone()));
+                        self.accepted_any = true;
                         backoff = Duration::from_millis(200);
                         transient = 0;
                         break;
@@ -441,19 +470,19 @@ impl Sender<'_> {
                         split(&mut pending, &label, &chunk);
                         break;
                     }
-                    Err(CfFailure::Fatal { code, .. })
-                        if code == "InvalidArgument" && chunk.len() > 1 =>
-                    {
-                        // One path CloudFront will not take must not hold back the others: find it by halves.
-                        split(&mut pending, &label, &chunk);
-                        break;
-                    }
                     Err(CfFailure::Fatal { code, message }) if code == "InvalidArgument" => {
-                        self.log.warn(&format!(
-                            "CloudFront refused the path {} ({message}); it is dropped",
-                            chunk[0]
-                        ));
-                        rejected.extend(chunk);
+                        refusals += 1;
+                        if refusals > MAX_REFUSALS_PER_BATCH
+                            || (!self.accepted_any && refusals > refusals_to_find_one)
+                        {
+                            return BatchOutcome::Kept(refused_request(code, message));
+                        }
+                        if chunk.len() > 1 {
+                            // One path CloudFront will not take must not hold back the others: found by halves.
+                            split(&mut pending, &label, &chunk);
+                        } else {
+                            refused.extend(chunk);
+                        }
                         break;
                     }
                     Err(CfFailure::TooManyInProgress(msg)) => {
@@ -490,7 +519,20 @@ impl Sender<'_> {
                 backoff = (backoff * 2).min(Duration::from_secs(20));
             }
         }
-        BatchOutcome::Accepted(accepted, rejected)
+        if !refused.is_empty() {
+            if !self.accepted_any {
+                return BatchOutcome::Kept(refused_request(
+                    "InvalidArgument".into(),
+                    format!("CloudFront refused {}", refused.join(", ")),
+                ));
+            }
+            for path in &refused {
+                self.log.warn(&format!(
+                    "CloudFront refused the path {path}; it is dropped"
+                ));
+            }
+        }
+        BatchOutcome::Accepted(accepted, refused)
     }
 
     fn deadline_error(&self) -> Error {
@@ -705,6 +747,7 @@ pub async fn send(
         in_progress: None,
         pacing: true,
         held: &held,
+        accepted_any: false,
     };
     // Only when an earlier claim is resumed beside a new one can the two hold the same URL.
     let mut older =
@@ -752,6 +795,34 @@ mod tests {
 
     fn urls(n: usize) -> Vec<String> {
         (0..n).map(|i| format!("/p/{i:05}")).collect()
+    }
+
+    #[test]
+    fn a_path_both_tracked_and_recorded_by_the_flood_guard_is_sent_once() {
+        let cfg = SendConfig::default();
+        let (batches, _) = plan(
+            vec!["/img/*".into(), "/a".into()],
+            vec!["/img/*".into(), "/js/*".into()],
+            &cfg,
+        );
+        let sent: Vec<&str> = batches
+            .iter()
+            .flat_map(|b| b.paths.iter().map(String::as_str))
+            .collect();
+        assert_eq!(sent, ["/a", "/img/*", "/js/*"]);
+        let cfg = SendConfig {
+            rules: PathRules {
+                query_strings: QueryStrings::Wildcard,
+                ..PathRules::default()
+            },
+            ..SendConfig::default()
+        };
+        let (batches, _) = plan(vec!["/a.jpg".into()], vec!["/a.jpg?*".into()], &cfg);
+        let sent: Vec<&str> = batches
+            .iter()
+            .flat_map(|b| b.paths.iter().map(String::as_str))
+            .collect();
+        assert_eq!(sent, ["/a.jpg", "/a.jpg?*"]);
     }
 
     #[test]
