@@ -344,6 +344,23 @@ describe('reports', () => {
     assert.ok(cf.requests.some((r) => r.op === 'GetInvalidation'))
   })
 
+  it('wait: true stops at once when CloudFront will not say how an invalidation goes (AccessDenied)', async () => {
+    await useCloudFront({ inProgressMs: 60_000 })
+    const { tracker, urls } = await tracked(5)
+    cf.fail('accessDenied', { op: 'GetInvalidation', times: 1000 })
+    const started = Date.now()
+    await assert.rejects(tracker.sendInvalidation({ wait: true }), (err) => {
+      assert.equal(err.code, 'ERR_CFIT_CLOUDFRONT')
+      assert.match(err.message, /AccessDenied.*which was sent: not waiting for it/)
+      assert.equal(err.report.kept, 0)
+      assert.deepEqual(err.report.batches.map((b) => b.status), ['InProgress'])
+      return true
+    })
+    assert.ok(Date.now() - started < 10_000, 'not the 20 s deadline')
+    assertDeliveredOnce(urls)
+    assert.deepEqual(await tracker.listUrls(), [], 'what was sent is not tracked any more')
+  })
+
   it('a dry run sends and changes nothing', async () => {
     const { tracker, urls } = await tracked(12, { batchSize: 5 })
     const report = await tracker.sendInvalidation({ dryRun: true })

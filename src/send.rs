@@ -666,11 +666,24 @@ impl Sender<'_> {
                     .collect();
                 let mut all_done = true;
                 let mut last = String::new();
+                let mut unfollowable = false;
                 for id in ids {
                     match self.cf.invalidation_status(&id).await {
                         Ok(status) => {
                             all_done &= is_completed(&status);
                             last = status;
+                        }
+                        // Asking again will not help (AccessDenied, NoSuchInvalidation): the batch was sent, but
+                        // whether it completed cannot be known; waiting out the deadline would say nothing more.
+                        Err(CfFailure::Fatal { code, message }) => {
+                            unfollowable = true;
+                            report.error.get_or_insert(Error::CloudFront {
+                                code,
+                                message: format!(
+                                    "{message} (asked for the status of invalidation {id}, which was sent: not \
+                                     waiting for it)"
+                                ),
+                            });
                         }
                         Err(e) => {
                             all_done = false;
@@ -678,7 +691,11 @@ impl Sender<'_> {
                         }
                     }
                 }
-                if all_done {
+                if unfollowable {
+                    if !last.is_empty() {
+                        report.batches[i].status = last;
+                    }
+                } else if all_done {
                     report.batches[i].status = "Completed".into();
                 } else {
                     if !last.is_empty() {
