@@ -48,8 +48,8 @@ declare namespace createTracker {
     cf: CloudFrontOptions
     /** The Redis store. */
     redis?: RedisOptions
-    /** `'memory://'` for the native in-memory store, or a custom store object. */
-    store?: 'memory://' | StoreLike
+    /** `'memory://'` (or `'memory'`) for the native in-memory store, or a custom store object. */
+    store?: 'memory://' | 'memory' | StoreLike
     /** `console` by default; `false` silences. */
     logger?: Logger | false
     /** Paths per CreateInvalidation request, 1 to 3000. Default 1000. */
@@ -117,6 +117,8 @@ declare namespace createTracker {
     resumed: number
     /** Flood-guard wildcards sent (or, in a dry run, that would be). */
     overflow: string[]
+    /** Paths CloudFront refused as invalid: dropped, so that they cannot block the rest. */
+    rejected: string[]
     /** True when `maxPaths` collapsed paths into wildcards. */
     collapsed: boolean
     /** Paths billed by this send. */
@@ -274,6 +276,9 @@ declare namespace createTracker {
 
   /** `createTracker(options)`, for ES module default-import users. */
   const createTracker: (options: Options) => Tracker
+
+  /** The longest URL a tracker takes, in characters (CloudFront's limit on a path). */
+  const MAX_URL_LENGTH: number
 }
 
 /** `require('cf-invalidation-tracker')(options)`: the original factory. */

@@ -1,0 +1,49 @@
+// How the README uses the package from CommonJS, checked against index.d.ts by __test__/types.test.js.
+import createTracker = require('cf-invalidation-tracker')
+import http = require('node:http')
+
+const invl = createTracker({ cf: { dist: 'E1' }, redis: { url: 'redis://127.0.0.1:6379', prefix: 'app' } })
+const memory: createTracker.Tracker = createTracker({ cf: { dist: 'E1' }, store: 'memory' })
+const limit: number = createTracker.MAX_URL_LENGTH
+
+async function main (): Promise<void> {
+  await invl.storeUrl('/a.html')
+  await invl.storeUrl('/b.html', 60)
+  await invl.storeUrl('/images/', { wildcard: true })
+  await invl.setUrlTTL('/a.html', 0)
+  await invl.removeUrl('/b.html')
+  const urls: string[] = await memory.listUrls()
+  const report = await invl.sendInvalidation({ wait: true })
+  const rejected: string[] = report.rejected
+  const kept: number = report.kept
+  const statuses: string[] = report.batches.map((b) => b.status)
+  try {
+    await invl.sendInvalidation({ dryRun: true })
+  } catch (err) {
+    const failed = err as createTracker.SendError
+    console.log(failed.code, failed.report.kept)
+  }
+  console.log(urls, limit, rejected, kept, statuses)
+}
+
+const server = http.createServer((req, res) => {
+  invl.middleware({ ttl: (r: http.IncomingMessage) => (r.url === '/' ? 60 : 0) })(req, res, () => res.end('ok'))
+})
+
+class RedisLikeStore extends createTracker.Store {
+  keys = new Set<string>()
+  set (key: string): void { this.keys.add(key) }
+  getAllKeys (callback: (err: Error | null, keys?: string[]) => void): void { callback(null, [...this.keys]) }
+  clearAll (): void { this.keys.clear() }
+}
+createTracker({ cf: { dist: 'E1' }, store: new RedisLikeStore() })
+
+// @ts-expect-error a store is 'memory://', 'memory' or an object
+createTracker({ cf: { dist: 'E1' }, store: 'mongo://' })
+// @ts-expect-error the distribution is required
+createTracker({ cf: {}, store: 'memory://' })
+// @ts-expect-error dryRun is a boolean
+void invl.sendInvalidation({ dryRun: 'true' })
+
+void main
+void server

@@ -1,0 +1,8 @@
+// The package from an ES module, checked against index.d.ts by __test__/types.test.js.
+import createTracker, { Tracker, invalidateS3Event, findDistributionByOrigin } from 'cf-invalidation-tracker'
+
+const invl: Tracker = createTracker({ cf: { dist: 'E1' }, store: 'memory://' })
+await invl.storeUrl('/a.html')
+const reports = await invalidateS3Event({ Records: [] }, { cf: { dist: 'E1' }, wait: false })
+const id: string = await findDistributionByOrigin('bucket', { cf: {} })
+console.log(reports.map((r) => [r.distribution, r.paths, r.rejected]), id)
