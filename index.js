@@ -90,16 +90,18 @@ class Tracker {
     const ref = new WeakRef(this)
     live.add(ref)
     forget.register(this, ref)
-    for (const m of ['storeUrl', 'setUrlTTL', 'removeUrl', 'listUrls', 'flush', 'disconnect', 'sendInvalidation']) {
+    for (const m of ['storeUrl', 'setUrlTTL', 'removeUrl', 'listUrls', 'flush', 'disconnect', 'sendInvalidation', 'normalize',
+      'middleware', 'listDistributions', 'invalidationStatus']) {
       this[m] = this[m].bind(this)
     }
   }
 
-  /** Writes a log line; a logger that throws is not allowed to take the process down. */
+  /** Writes a log line; a logger that throws, or whose promise rejects, is not allowed to take the process down. */
   _log (level, message) {
     if (!this._logger) return
     try {
-      this._logger[level](message)
+      const written = this._logger[level](message)
+      if (written && typeof written.catch === 'function') written.catch(() => {})
     } catch {}
   }
 

@@ -104,6 +104,22 @@ describe('calls', () => {
     await assert.rejects(invl.listUrls(), { code: 'ERR_CFIT_REDIS' })
   })
 
+  it('a logger whose promises reject does not become an unhandled rejection; methods work taken off the tracker', async () => {
+    const refuse = async () => { throw new Error('log sink down') }
+    const logger = { info: refuse, warn: refuse, error: refuse }
+    const invl = createTracker({ cf: { dist: env.dist, endpoint: env.moto.endpoint }, redis: { url: 'redis://127.0.0.1:1' }, logger })
+    await noUnhandledRejections(async () => {
+      invl.storeUrl('/a')
+      invl.sendInvalidation()
+      await sleep(1500)
+    })
+    const { normalize, listDistributions, storeUrl, listUrls } = createTracker({ cf: { dist: env.dist, endpoint: env.moto.endpoint }, store: 'memory://', logger: false })
+    assert.equal(normalize('/a b'), '/a%20b')
+    assert.ok((await listDistributions()).some((d) => d.id === env.dist))
+    await storeUrl('/c')
+    assert.deepEqual(await listUrls(), ['/c'])
+  })
+
   it('logs like the original', async () => {
     const lines = []
     const logger = { info: (m) => lines.push(m), warn: (m) => lines.push(m), error: (m) => lines.push(m) }

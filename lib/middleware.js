@@ -91,8 +91,7 @@ function middleware (tracker, options = {}) {
 
   function report (err) {
     try {
-      const logger = tracker._logger
-      if (logger) logger.error(`cf-invalidation-tracker: middleware failed: ${err && err.message}`)
+      if (typeof tracker._log === 'function') tracker._log('error', `cf-invalidation-tracker: middleware failed: ${err && err.message}`)
     } catch {}
   }
   // A URL from the internet that cannot become a path is the client's junk, not our failure: not logged. A Tracker
