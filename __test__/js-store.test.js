@@ -126,10 +126,12 @@ describe('custom stores and the send protocol', () => {
     const store = new SyncStore()
     store.data.set('/a b') // written by the original package: a raw URL
     store.data.set('/c%20d')
+    store.data.set('/*') // requested by anyone: a URL, never a wildcard
+    store.data.set('/img/*')
     const dist = await env.newDistribution()
     const invl = env.tracker({ cf: { dist }, store })
     await invl.sendInvalidation()
-    assert.deepEqual(await env.received(dist), ['/a%20b', '/c%20d'])
+    assert.deepEqual(await env.received(dist), ['/%2A', '/a%20b', '/c%20d', '/img/%2A'])
     assert.deepEqual(store.data.live(), [])
     await invl.sendInvalidation()
     assert.equal((await env.invalidations(dist)).length, 1, 'nothing left to send again')
@@ -141,9 +143,13 @@ describe('custom stores and the send protocol', () => {
     const invl = env.tracker({ cf: { dist }, store })
     await invl.storeUrl('/img/', { wildcard: true })
     await invl.storeUrl('/x*y')
+    // Its key is marked as the tracker's wildcard (no request target holds a space).
+    assert.deepEqual([...store.data.live()].sort(), ['/x%2Ay', 'wildcard /img/*'])
     const other = env.tracker({ cf: { dist }, store }) // another process reading the same store
+    assert.deepEqual(await other.listUrls(), ['/img/*', '/x%2Ay'])
     await other.sendInvalidation()
     assert.deepEqual(await env.received(dist), ['/img/*', '/x%2Ay'])
+    assert.deepEqual(store.data.live(), [], 'deleted under its key')
   })
 
   it('with del, a URL served again during the send stays tracked', async () => {

@@ -269,11 +269,13 @@ impl JsStore {
         Ok(paths)
     }
 
-    /// The path a stored key means: a wildcard the tracker stored, or a URL normalised as today.
+    /// The path a stored key means: a wildcard the tracker stored (under [`WILDCARD_KEY`]), or a URL normalised as
+    /// today. A raw URL that ends in `*` (`/*`, stored as requested by a store of the original package) is a URL
+    /// like any other, its `*` encoded: a URL from the internet never becomes a wildcard.
     fn path_of(&self, key: &str) -> Option<String> {
-        match paths::wildcard(key, &self.rules) {
-            Ok(w) if w == key => Some(w),
-            _ => paths::normalize(key, &self.rules).ok(),
+        match key.strip_prefix(WILDCARD_KEY) {
+            Some(w) => paths::wildcard(w, &self.rules).ok().filter(|ok| ok == w),
+            None => paths::normalize(key, &self.rules).ok(),
         }
     }
 
@@ -284,10 +286,23 @@ impl JsStore {
             .iter()
             .flat_map(|p| match state.raw_keys.get(p) {
                 Some(raw) => raw.clone(),
-                None => vec![p.clone()],
+                None => vec![key_of(p)],
             })
             .map(|k| (k, None))
             .collect()
+    }
+}
+
+/// Keys of the wildcards the tracker stores start with this: no request target a server receives does (Node answers
+/// a request whose target holds a space with 400), so no raw URL a store holds can be taken for one.
+const WILDCARD_KEY: &str = "wildcard ";
+
+/// The key a path is stored under: itself, or for a wildcard (a normalised path ends in `*` only then), marked.
+fn key_of(path: &str) -> String {
+    if path.ends_with('*') {
+        format!("{WILDCARD_KEY}{path}")
+    } else {
+        path.to_owned()
     }
 }
 
@@ -321,13 +336,13 @@ impl Store for JsStore {
         }
         let sets = entries
             .iter()
-            .map(|e| (e.path.clone(), Some(1.0)))
+            .map(|e| (key_of(&e.path), Some(1.0)))
             .collect();
         self.call_each("set", sets).await?;
         if self.has("setTTL") {
             let ttls = entries
                 .iter()
-                .filter_map(|e| e.expires_at.map(|x| (e.path.clone(), Some(ttl_secs(x)))))
+                .filter_map(|e| e.expires_at.map(|x| (key_of(&e.path), Some(ttl_secs(x)))))
                 .collect();
             self.call_each("setTTL", ttls).await?;
         }
@@ -345,13 +360,13 @@ impl Store for JsStore {
     async fn set_expiry(&self, path: &str, expires_at: Option<u64>) -> Result<()> {
         match expires_at {
             Some(at) if self.has("setTTL") => {
-                self.call("setTTL", Some(path.to_owned()), Some(ttl_secs(at)))
+                self.call("setTTL", Some(key_of(path)), Some(ttl_secs(at)))
                     .await?;
             }
             // No expiry: stores of the original kind clear a TTL by setting the key again (a TTL of 0 would delete
             // it, as Redis's EXPIRE does).
             None => {
-                self.call("set", Some(path.to_owned()), Some(1.0)).await?;
+                self.call("set", Some(key_of(path)), Some(1.0)).await?;
             }
             Some(_) => {}
         }
