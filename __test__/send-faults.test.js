@@ -12,6 +12,7 @@ const createTracker = require('..')
 const { startRedis, useAwsTestEnv } = require('./helpers/services')
 const { startFakeCloudFront } = require('./helpers/fake-cloudfront')
 const { sleep } = require('./helpers/env')
+const { SyncStore } = require('./helpers/stores')
 
 const DIST = 'EFAULTS'
 let cf
@@ -286,6 +287,30 @@ describe('failures part-way', () => {
     assert.deepEqual([...received].sort(), ['/both', '/new/1', '/new/2', '/old/1', '/old/2'], 'each path once')
     assert.deepEqual(await a.listUrls(), [])
   })
+
+  for (const kind of ['redis', 'memory', 'custom']) {
+    it(`while CloudFront keeps refusing, failed sends leave one claim behind, not one each (${kind})`, async () => {
+      const stores = { redis: undefined, memory: 'memory://', custom: new SyncStore() }
+      const opts = kind === 'redis' ? options() : { ...options(), redis: undefined, store: stores[kind] }
+      const tracker = createTracker(opts)
+      const urls = ['/index.html']
+      cf.fail('accessDenied', { times: 1000 })
+      for (let round = 0; round < 6; round++) {
+        urls.push(`/page/${round}`)
+        await Promise.all(['/index.html', `/page/${round}`].map((u) => tracker.storeUrl(u)))
+        await assert.rejects(tracker.sendInvalidation(), { code: 'ERR_CFIT_CLOUDFRONT' })
+        await sleep(1100) // the failed send's lease runs out
+      }
+      if (kind === 'redis') assert.equal(await redis.client.command('ZCARD', `{${opts.redis.prefix}}:claims`), 1)
+      assert.deepEqual(await tracker.listUrls(), [...urls].sort(), 'every URL still tracked')
+      cf.reset() // CloudFront accepts again
+      const report = await tracker.sendInvalidation()
+      assert.equal(report.resumed, 1)
+      assert.equal(creates().length, 2, 'the kept claim and the URLs tracked since: a request each')
+      assertDeliveredOnce(urls)
+      assert.deepEqual(await tracker.listUrls(), [])
+    })
+  }
 
   it('a path CloudFront refuses is found, dropped and reported; the rest of its batch goes through', async () => {
     const { tracker, urls } = await tracked(40, { batchSize: 20 })

@@ -548,6 +548,9 @@ mod tests {
         async fn release(&self, claim_id: &str) -> Result<()> {
             self.inner.release(claim_id).await
         }
+        async fn give_back(&self, claim_id: &str) -> Result<()> {
+            self.inner.give_back(claim_id).await
+        }
         async fn finish(&self, claim_id: &str) -> Result<()> {
             self.inner.finish(claim_id).await
         }

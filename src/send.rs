@@ -771,6 +771,15 @@ pub async fn send(
         (claims.iter().any(|c| c.resumed) && claims.iter().any(|c| !c.resumed)).then(HashSet::new);
     let work = async {
         for claim in claims {
+            if report.error.is_some() && !claim.resumed {
+                // A claim of this send failed: the new one, not tried yet, is given back rather than tried and kept,
+                // or every send while CloudFront keeps refusing would leave one more claim behind (memory in the
+                // store, and a request per claim once it accepts again). The next send claims its URLs anew.
+                sender.held.lock().await.remove(&claim.id);
+                store.give_back(&claim.id).await?;
+                report.kept += claim.urls.len();
+                continue;
+            }
             sender.send_claim(claim, &mut older, &mut report).await?;
         }
         Ok::<_, Error>(())

@@ -498,6 +498,23 @@ impl Store for JsStore {
         Ok(())
     }
 
+    async fn give_back(&self, claim_id: &str) -> Result<()> {
+        let mut state = self.lock();
+        // The store still holds the claim's URLs: once the claim is gone, the next claim takes them again.
+        match state.claims.get_mut(claim_id) {
+            Some(c) if c.plan.is_some() => c.leased = false,
+            Some(_) => {
+                if let Some(c) = state.claims.remove(claim_id) {
+                    for w in &c.overflow {
+                        add_overflow(&mut state.overflow, w);
+                    }
+                }
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
     async fn finish(&self, claim_id: &str) -> Result<()> {
         let finished = self.lock().claims.remove(claim_id).is_some();
         if finished && !self.has("del") {

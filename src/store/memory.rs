@@ -68,6 +68,11 @@ impl MemoryStore {
 }
 
 /// Adds `wildcard` to an overflow set, keeping it bounded.
+/// The later of two expiries (`None`: none, the latest).
+fn later(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    a.zip(b).map(|(a, b)| a.max(b))
+}
+
 pub(crate) fn add_overflow(set: &mut BTreeSet<String>, wildcard: &str) {
     if set.len() < MAX_OVERFLOW_WILDCARDS || set.contains(wildcard) {
         set.insert(wildcard.to_owned());
@@ -219,6 +224,35 @@ impl Store for MemoryStore {
     async fn release(&self, claim_id: &str) -> Result<()> {
         if let Some(c) = self.lock().claims.get_mut(claim_id) {
             c.lease_until = 0;
+        }
+        Ok(())
+    }
+
+    async fn give_back(&self, claim_id: &str) -> Result<()> {
+        let mut state = self.lock();
+        let planned = match state.claims.get_mut(claim_id) {
+            Some(c) if c.plan.is_some() => {
+                c.lease_until = 0;
+                true
+            }
+            _ => false,
+        };
+        let given = if planned {
+            None
+        } else {
+            state.claims.remove(claim_id)
+        };
+        if let Some(c) = given {
+            for (url, expires_at) in c.urls {
+                state
+                    .urls
+                    .entry(url)
+                    .and_modify(|e| *e = later(*e, expires_at))
+                    .or_insert(expires_at);
+            }
+            for w in &c.overflow {
+                add_overflow(&mut state.overflow, w);
+            }
         }
         Ok(())
     }

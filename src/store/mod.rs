@@ -132,6 +132,10 @@ pub trait Store: Send + Sync + 'static {
     /// Give a claim up for now: it stays, with its plan, for the next send to resume.
     async fn release(&self, claim_id: &str) -> Result<()>;
 
+    /// Give back a claim nothing of which was planned or sent: its URLs and wildcards are tracked again, as if never
+    /// claimed (a URL tracked again meanwhile keeps the later expiry). A claim with a saved plan is released instead.
+    async fn give_back(&self, claim_id: &str) -> Result<()>;
+
     /// Drop a claim whose every batch was accepted.
     async fn finish(&self, claim_id: &str) -> Result<()>;
 

@@ -219,6 +219,25 @@ return 1
     )
 });
 
+// KEYS: claims, urls, overflow, claim urls, claim overflow, claim plan, claim done. ARGV: id. Tracks a claim's URLs
+// and wildcards again (a URL tracked meanwhile keeps the later expiry) and drops the claim, unless it has a plan: then
+// it is released. Returns 1 when given back.
+static GIVE_BACK: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+if redis.call('EXISTS', KEYS[6]) == 1 then redis.call('ZADD', KEYS[1], 'XX', 0, ARGV[1]); return 0 end
+if redis.call('EXISTS', KEYS[4]) == 1 then
+  redis.call('ZUNIONSTORE', KEYS[2], 2, KEYS[2], KEYS[4], 'AGGREGATE', 'MAX')
+end
+if redis.call('EXISTS', KEYS[5]) == 1 then redis.call('SUNIONSTORE', KEYS[3], KEYS[3], KEYS[5]) end
+redis.call('DEL', KEYS[4], KEYS[5], KEYS[7])
+redis.call('ZREM', KEYS[1], ARGV[1])
+return 1
+"#,
+    )
+});
+
 // KEYS: claims. ARGV: id, deadline. Renews only a claim that still exists.
 static RENEW: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -715,6 +734,22 @@ impl Store for RedisStore {
             .arg(0)
             .arg(claim_id)
             .query_async::<()>(&mut con)
+            .await?;
+        Ok(())
+    }
+
+    async fn give_back(&self, claim_id: &str) -> Result<()> {
+        let mut con = self.conn()?;
+        GIVE_BACK
+            .key(&self.keys.claims)
+            .key(&self.keys.urls)
+            .key(&self.keys.overflow)
+            .key(self.keys.claim(claim_id, "urls"))
+            .key(self.keys.claim(claim_id, "overflow"))
+            .key(self.keys.claim(claim_id, "plan"))
+            .key(self.keys.claim(claim_id, "done"))
+            .arg(claim_id)
+            .invoke_async::<i64>(&mut con)
             .await?;
         Ok(())
     }
