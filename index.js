@@ -24,6 +24,8 @@ const GATHER_MAX = 4096
 const GATHERABLE_LENGTH = Math.floor(MAX_URL_LENGTH / 9)
 // How long process exit may block writing what is still buffered.
 const EXIT_FLUSH_MS = 1000
+// How long a write to a custom store that failed keeps the process alive while the writer retries it.
+const RETRY_ALIVE_MS = 10_000
 
 // Live trackers, flushed when the process exits.
 const live = new Set()
@@ -189,6 +191,9 @@ class Tracker {
     if (window !== this._window) {
       this._window = window
       this._written = this._settle('writing to the store', this._native.written(window).catch((err) => { throw fromNative(err) }))
+      // A custom store is written on this thread: while the writer retries a write that failed, the process is kept
+      // alive for it (up to RETRY_ALIVE_MS), not left to end with the calls unwritten.
+      if (this._writesOnThisThread) this._written.catch(() => this._native.writtenWithin(window, RETRY_ALIVE_MS).catch(() => {}))
     }
     return this._written
   }

@@ -226,6 +226,22 @@ describe('storeUrl writes behind', () => {
   })
 })
 
+describe('a custom store in a process that ends on its own', () => {
+  const script = (failures) => `
+    const createTracker = require(${JSON.stringify(path.join(__dirname, '..'))})
+    let failures = ${failures}
+    const store = { set (k) { if (failures-- > 0) throw new Error('store busy'); console.log('stored ' + k) }, getAllKeys () { return [] }, clearAll () {} }
+    const invl = createTracker({ cf: { dist: 'E1' }, store, logger: { info () {}, warn () {}, error () {} } })
+    invl.storeUrl('/retried')
+  `
+
+  it('is kept alive while the writer retries a write that failed, until it went through', async () => {
+    const result = await runNode('-e', [script(2)])
+    assert.equal(result.code, 0, result.stderr)
+    assert.equal(result.stdout.trim(), 'stored /retried')
+  })
+})
+
 describe('a tracker nobody keeps', () => {
   it('is not held alive by the exit hook', async () => {
     const script = `

@@ -289,6 +289,16 @@ impl WriteBuffer {
         ))
     }
 
+    /// Resolves true once `window` reached the store, however many attempts failed before; false once `timeout`
+    /// passed first.
+    pub async fn written_within(&self, window: u64, timeout: Duration) -> bool {
+        let mut rx = self.progress.subscribe();
+        let written = async move { rx.wait_for(|p| p.written >= window).await.is_ok() };
+        tokio::time::timeout(timeout, written)
+            .await
+            .unwrap_or(false)
+    }
+
     /// Writes everything buffered now to the store.
     pub async fn flush(&self, store: &dyn Store, max_tracked: usize) -> Result<Flushed> {
         let _writer = self.writer.lock().await;

@@ -428,6 +428,15 @@ impl NativeTracker {
         guarded(async move { t.written(window.max(0) as u64).await }).await
     }
 
+    /// Resolves true once `window` is in the store, however many writes failed before (the writer retries them);
+    /// false after `timeoutMs`. Pending, it keeps the process alive, for a custom store written on its thread.
+    #[napi]
+    pub async fn written_within(&self, window: i64, timeout_ms: u32) -> napi::Result<bool> {
+        let t = self.inner.clone();
+        let timeout = Duration::from_millis(u64::from(timeout_ms));
+        guarded(async move { Ok(t.written_within(window.max(0) as u64, timeout).await) }).await
+    }
+
     /// The path a URL is tracked as.
     #[napi]
     pub fn normalize(&self, url: String) -> napi::Result<String> {

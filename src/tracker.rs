@@ -288,6 +288,11 @@ impl Tracker {
         self.buffer.written(window).await
     }
 
+    /// True once the URLs tracked in `window` are in the store, retries included; false after `timeout`.
+    pub async fn written_within(&self, window: u64, timeout: Duration) -> bool {
+        self.buffer.written_within(window, timeout).await
+    }
+
     /// Writes every buffered URL to the store now.
     pub async fn flush(&self) -> Result<()> {
         self.write_buffer().await
