@@ -7,7 +7,7 @@ const assert = require('node:assert/strict')
 const path = require('node:path')
 const fs = require('node:fs')
 
-const { startRedis, startMoto, awsTestEnv } = require('./helpers/services')
+const { startRedis, startMoto, awsTestEnv, freePort } = require('./helpers/services')
 const { parseCli, cfFromEnv, redactor, UsageError } = require('../lib/cli-config')
 const { Progress } = require('../bin/cf-invalidation-tracker')
 
@@ -181,6 +181,19 @@ describe('cli against Redis and moto', () => {
     const nothing = await run(['send'], env)
     assert.equal(nothing.code, 0)
     assert.equal(nothing.stdout, 'Nothing to invalidate\n')
+  })
+
+  test('send --timeout gives up on an unreachable CloudFront after that long; the URLs stay tracked', async () => {
+    const prefix = 'timeout'
+    assert.equal((await run(['track', '/kept', '--prefix', prefix], env)).code, 0)
+    const unreachable = { ...env, AWS_ENDPOINT_URL_CLOUDFRONT: `http://127.0.0.1:${await freePort()}` }
+    const started = Date.now()
+    const r = await run(['send', '--timeout', '2', '--prefix', prefix], unreachable)
+    assert.equal(r.code, 1, r.stderr)
+    assert.match(r.stderr, /sendTimeoutMs \(2000 ms\) passed/)
+    assert.ok(Date.now() - started < 30_000, `${Date.now() - started} ms`)
+    assert.deepEqual((await run(['list', '--prefix', prefix], env)).stdout, '/kept\n')
+    assertFails(await run(['send', '--timeout', '0'], env), 2, /--timeout must be an integer from 1/)
   })
 
   test('plain output of a send: the tracker\'s lines on stderr, a summary on stdout', async () => {

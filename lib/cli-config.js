@@ -14,6 +14,7 @@ Commands:
   send                     Invalidate every tracked URL on CloudFront, then forget them
       --dry-run            Print the batches a send would make; send nothing, forget nothing
       --wait               Wait until CloudFront has completed the invalidations
+      --timeout <seconds>  Give up after that long (default 900); what was not sent stays tracked
   status <id>              Print the status of invalidation <id> (InProgress, Completed)
   list                     Print every tracked URL, one per line
   track <url...>           Track URLs ('-' reads them from stdin, one per line)
@@ -53,6 +54,7 @@ const OPTIONS = {
   json: { type: 'boolean' },
   'dry-run': { type: 'boolean' },
   wait: { type: 'boolean' },
+  timeout: { type: 'string' },
   ttl: { type: 'string' },
   origin: { type: 'string' },
   help: { type: 'boolean', short: 'h' },
@@ -61,7 +63,7 @@ const OPTIONS = {
 
 /** Which commands take which command-specific flags, the number of operands, and what they need. */
 const COMMANDS = {
-  send: { flags: ['dry-run', 'wait'], operands: [0, 0], store: true },
+  send: { flags: ['dry-run', 'wait', 'timeout'], operands: [0, 0], store: true },
   status: { flags: [], operands: [1, 1], dist: true, usage: 'status <id>' },
   list: { flags: [], operands: [0, 0], store: true },
   track: { flags: ['ttl'], operands: [1, Infinity], store: true, usage: 'track <url...>' },
@@ -199,6 +201,8 @@ function parseCli (argv, env) {
   }
   const batchSize = integer(values, 'batch-size', 1, 3000)
   if (batchSize !== undefined) options.batchSize = batchSize
+  const timeout = integer(values, 'timeout', 1, Math.floor(0xffffffff / 1000))
+  if (timeout !== undefined) options.sendTimeoutMs = timeout * 1000
   const maxPaths = integer(values, 'max-paths', 1, 0xffffffff)
   if (maxPaths !== undefined) options.maxPaths = maxPaths
   if (values['query-strings'] !== undefined) {
