@@ -320,6 +320,15 @@ describe('a URL already in Redis is not written again, unless it may have left',
     await invl.disconnect()
   })
 
+  it('after the set of URLs alone was evicted (a maxmemory policy), storing them again writes them all', async () => {
+    const invl = env.tracker()
+    await storeAll(invl)
+    await raw.command('DEL', '{cfit}:urls') // what allkeys-lru does to a large key; the generation key stays
+    await storeAll(invl)
+    await allTracked()
+    await invl.disconnect()
+  })
+
   it('past maxTrackedUrls, URLs stored again are covered again', async () => {
     const invl = env.tracker({ maxTrackedUrls: 100 })
     await storeAll(invl)

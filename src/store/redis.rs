@@ -92,8 +92,9 @@ impl Keys {
 //
 // The generation changes whenever a tracked URL may have left the set (a claim, a removal, an expiry set): a writer
 // that saw generation G and finds it unchanged knows that every URL it stored since G is still tracked, so it need
-// not send them again. With an expected generation that is not the current one, nothing is written and the answer is
-// {generation, 1}. Otherwise each path is tracked (or its expiry updated) while fewer than `max` are tracked, in a few
+// not send them again. With an expected generation that is not the current one, or when the set is gone though the
+// generation is not (evicted by a maxmemory policy, or deleted by hand), nothing is written and the answer is
+// {generation, 1}: the writer sends everything again. Otherwise each path is tracked (or its expiry updated) while fewer than `max` are tracked, in a few
 // variadic ZADDs when all fit, and the answer is {generation, 0, paths that did not fit…}.
 static PUT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -102,6 +103,9 @@ local now, max = ARGV[1], tonumber(ARGV[2])
 local gen = redis.call('GET', KEYS[2])
 if not gen then gen = ARGV[4]; redis.call('SET', KEYS[2], gen) end
 if ARGV[3] ~= '' and ARGV[3] ~= gen then return {gen, 1} end
+if ARGV[3] ~= '' and redis.call('EXISTS', KEYS[1]) == 0 then
+  return {tostring(redis.call('INCR', KEYS[2])), 1}
+end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 if ARGV[5] == '1' then
   for i = 6, #ARGV, 2 do
