@@ -319,6 +319,7 @@ describe('failures part-way', () => {
     assert.deepEqual(report.rejected, ['/item/00013'])
     assert.deepEqual([...cf.pathsReceived(DIST)].sort(), urls.filter((u) => u !== '/item/00013'))
     assert.equal(report.paths, 39)
+    assert.equal((await tracker.sendInvalidation({ dryRun: true })).billedThisMonth, 39, 'the refused path is not billed')
     assert.deepEqual(await tracker.listUrls(), [], 'the refused path does not block later sends')
     const refs = cf.invalidations(DIST).map((i) => i.callerReference)
     assert.equal(new Set(refs).size, refs.length)

@@ -549,8 +549,9 @@ mod tests {
             claim_id: &str,
             index: usize,
             batch: &PlannedBatch,
+            billed: usize,
         ) -> Result<()> {
-            self.inner.batch_done(claim_id, index, batch).await
+            self.inner.batch_done(claim_id, index, batch, billed).await
         }
         async fn renew(&self, claim_id: &str, lease_ms: u64) -> Result<()> {
             self.inner.renew(claim_id, lease_ms).await

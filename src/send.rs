@@ -600,8 +600,8 @@ impl Sender<'_> {
                     .await
                 {
                     BatchOutcome::Accepted(created, rejected) => {
-                        self.store.batch_done(&id, index, &batch).await?;
                         let sent = batch.paths.len() - rejected.len();
+                        self.store.batch_done(&id, index, &batch, sent).await?;
                         if !created.is_empty() {
                             self.log.info("Success! 201");
                         }

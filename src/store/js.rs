@@ -456,7 +456,13 @@ impl Store for JsStore {
         }
     }
 
-    async fn batch_done(&self, claim_id: &str, index: usize, batch: &PlannedBatch) -> Result<()> {
+    async fn batch_done(
+        &self,
+        claim_id: &str,
+        index: usize,
+        batch: &PlannedBatch,
+        billed: usize,
+    ) -> Result<()> {
         let has_del = self.has("del");
         if has_del {
             // Forget exactly what CloudFront accepted, so URLs stored during the send survive it; a URL stored again
@@ -483,7 +489,7 @@ impl Store for JsStore {
             // Without `del` the URLs stay in the store until `clearAll`, so they stay in the claim: a later send must
             // not take them for new ones.
         }
-        *state.billed.entry(month_key(now_ms())).or_default() += batch.paths.len() as u64;
+        *state.billed.entry(month_key(now_ms())).or_default() += billed as u64;
         Ok(())
     }
 

@@ -202,7 +202,13 @@ impl Store for MemoryStore {
         }
     }
 
-    async fn batch_done(&self, claim_id: &str, index: usize, batch: &PlannedBatch) -> Result<()> {
+    async fn batch_done(
+        &self,
+        claim_id: &str,
+        index: usize,
+        batch: &PlannedBatch,
+        billed: usize,
+    ) -> Result<()> {
         let mut state = self.lock();
         if let Some(c) = state.claims.get_mut(claim_id) {
             c.done.insert(index);
@@ -210,7 +216,7 @@ impl Store for MemoryStore {
                 c.urls.remove(url);
             }
         }
-        *state.billed.entry(month_key(now_ms())).or_default() += batch.paths.len() as u64;
+        *state.billed.entry(month_key(now_ms())).or_default() += billed as u64;
         Ok(())
     }
 
@@ -312,7 +318,10 @@ mod tests {
         let claim = store.claim(60_000).await.unwrap().remove(0);
         let plan = vec![batch(&["/a"]), batch(&["/b"])];
         store.save_plan(&claim.id, plan.clone()).await.unwrap();
-        store.batch_done(&claim.id, 0, &plan[0]).await.unwrap();
+        store
+            .batch_done(&claim.id, 0, &plan[0], plan[0].paths.len())
+            .await
+            .unwrap();
         store.release(&claim.id).await.unwrap();
         assert_eq!(store.list().await.unwrap().urls, vec!["/b"]);
 

@@ -123,8 +123,15 @@ pub trait Store: Send + Sync + 'static {
     async fn save_plan(&self, claim_id: &str, plan: Vec<PlannedBatch>)
         -> Result<Vec<PlannedBatch>>;
 
-    /// Record that CloudFront accepted batch `index` of a claim (and count its paths in this month's bill).
-    async fn batch_done(&self, claim_id: &str, index: usize, batch: &PlannedBatch) -> Result<()>;
+    /// Record that CloudFront accepted batch `index` of a claim, and count `billed` paths (those it did not refuse) in
+    /// this month's bill.
+    async fn batch_done(
+        &self,
+        claim_id: &str,
+        index: usize,
+        batch: &PlannedBatch,
+        billed: usize,
+    ) -> Result<()>;
 
     /// Extend the lease of a claim still being worked on.
     async fn renew(&self, claim_id: &str, lease_ms: u64) -> Result<()>;

@@ -700,7 +700,13 @@ impl Store for RedisStore {
         }
     }
 
-    async fn batch_done(&self, claim_id: &str, index: usize, batch: &PlannedBatch) -> Result<()> {
+    async fn batch_done(
+        &self,
+        claim_id: &str,
+        index: usize,
+        batch: &PlannedBatch,
+        billed: usize,
+    ) -> Result<()> {
         let mut con = self.conn()?;
         let mut inv = BATCH_DONE.prepare_invoke();
         inv.key(&self.keys.claims)
@@ -709,7 +715,7 @@ impl Store for RedisStore {
             .key(self.keys.billed(&month_key(now_ms())))
             .arg(claim_id)
             .arg(index)
-            .arg(batch.paths.len())
+            .arg(billed)
             .arg(BILL_TTL_SECS);
         for url in batch.covered() {
             inv.arg(url);
