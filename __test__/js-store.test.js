@@ -188,6 +188,8 @@ describe('store failures reject with the method named and leave the process aliv
   const cases = {
     'set throws': { set () { throw new Error('disk full') } },
     'set rejects': { async set () { throw new Error('disk full') } },
+    'set rejects with nothing': { set () { return Promise.reject() } }, // eslint-disable-line prefer-promise-reject-errors
+    'set throws a string': { set () { throw 'disk full' } }, // eslint-disable-line no-throw-literal
     'getAllKeys throws': { getAllKeys () { throw new Error('boom') } },
     'getAllKeys rejects': { async getAllKeys () { throw new Error('boom') } },
     'getAllKeys calls back an error': { getAllKeys (cb) { setImmediate(() => cb(new Error('boom'))) } },
@@ -204,6 +206,8 @@ describe('store failures reject with the method named and leave the process aliv
   const expectations = {
     'set throws': ['set', 'ERR_CFIT_STORE', /disk full/],
     'set rejects': ['set', 'ERR_CFIT_STORE', /disk full/],
+    'set rejects with nothing': ['set', 'ERR_CFIT_STORE', /threw or rejected with type undefined/],
+    'set throws a string': ['set', 'ERR_CFIT_STORE', /threw or rejected with type string \("disk full"\)/],
     'getAllKeys throws': ['getAllKeys', 'ERR_CFIT_STORE', /boom/],
     'getAllKeys rejects': ['getAllKeys', 'ERR_CFIT_STORE', /boom/],
     'getAllKeys calls back an error': ['getAllKeys', 'ERR_CFIT_STORE', /boom/],

@@ -50,4 +50,4 @@ function fromCoded (coded) {
   return err
 }
 
-module.exports = { argType, argValue, fromNative, fromCoded, redact }
+module.exports = { argType, argValue, fromNative, fromCoded, redact, describe }

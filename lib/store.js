@@ -2,6 +2,8 @@
 
 // The store contract of the original package, and the adapter that lets the native core call any store object.
 
+const { describe } = require('./errors')
+
 const REQUIRED = ['set', 'getAllKeys', 'clearAll']
 const OPTIONAL = ['connect', 'disconnect', 'isConnected', 'del', 'setTTL']
 
@@ -30,6 +32,12 @@ function optionalMethods (store) {
   return OPTIONAL.filter((m) => typeof store[m] === 'function')
 }
 
+/** A store's failure as an Error that says something: a store may throw or reject with anything, or nothing. */
+function failure (reason) {
+  if (reason instanceof Error) return reason.message ? reason : new Error(`${reason.name || 'an error'} without a message`)
+  return new Error(`it threw or rejected with ${describe(reason)}`)
+}
+
 /**
  * Calls `store[method](...args)` with `this` bound to the store, whatever its style: a returned value or thenable,
  * or a node-style callback when the function declares one more parameter than `args`.
@@ -37,18 +45,25 @@ function optionalMethods (store) {
 function invoke (store, method, args) {
   const fn = store[method]
   return new Promise((resolve, reject) => {
+    const fail = (reason) => reject(failure(reason))
     const usesCallback = fn.length > args.length
     let settled = false
     const callback = (err, value) => {
       if (settled) return
       settled = true
-      if (err) reject(err)
+      if (err) fail(err)
       else resolve(value)
     }
-    const result = usesCallback ? fn.call(store, ...args, callback) : fn.call(store, ...args)
+    let result
+    try {
+      result = usesCallback ? fn.call(store, ...args, callback) : fn.call(store, ...args)
+    } catch (err) {
+      fail(err)
+      return
+    }
     if (result && typeof result.then === 'function') {
       settled = true
-      result.then(resolve, reject)
+      result.then(resolve, fail)
     } else if (!usesCallback) {
       settled = true
       resolve(result)
