@@ -305,20 +305,6 @@ fn split(pending: &mut Vec<(String, Vec<String>)>, label: &str, chunk: &[String]
     pending.push((format!("{label}.0"), a.to_vec()));
 }
 
-/// Most InvalidArgument refusals while one batch is searched for the paths CloudFront will not take.
-const MAX_REFUSALS_PER_BATCH: u32 = 64;
-
-/// The error of a batch kept because CloudFront refused what looks like the request itself, not some of its paths.
-fn refused_request(code: String, message: String) -> Error {
-    Error::CloudFront {
-        code,
-        message: format!(
-            "{message} (CloudFront accepted none of this send's requests, so the refusal is taken for one of the \
-             request, not of its paths: they stay tracked)"
-        ),
-    }
-}
-
 /// Logger the sender reports progress to.
 pub trait Log: Send + Sync {
     /// Informational line.
@@ -339,9 +325,6 @@ struct Sender<'a> {
     pacing: bool,
     /// The claims this send holds and has not yet finished or given back: their leases are renewed meanwhile.
     held: &'a Held,
-    /// CloudFront accepted a request of this send: a refusal of a single path (InvalidArgument) is then the path's,
-    /// not the request's.
-    accepted_any: bool,
 }
 
 /// Claims a send holds, behind a lock that a renewal holds while it runs, so that a claim finished or given back is
@@ -437,12 +420,8 @@ impl Sender<'_> {
     ) -> BatchOutcome {
         let mut pending: Vec<(String, Vec<String>)> = vec![(index.to_string(), paths.to_vec())];
         let mut accepted = Vec::new();
-        // Paths refused one by one (InvalidArgument): dropped as CloudFront's refusal of them once it has accepted
-        // another request of this send; while it has accepted none, the refusal may be of every request, and the
-        // search by halves stops after as many refusals as finding one bad path takes.
+        // Paths CloudFront refused one by one (InvalidArgument): dropped, so that they cannot hold back the rest.
         let mut refused = Vec::new();
-        let mut refusals = 0u32;
-        let refusals_to_find_one = paths.len().max(1).ilog2() + 2;
         let mut backoff = Duration::from_millis(200);
         let mut transient = 0;
         while let Some((label, chunk)) = pending.pop() {
@@ -459,7 +438,6 @@ impl Sender<'_> {
                             ip.add(&InProgress::of(&chunk));
                         }
                         accepted.push((created.id, reference.clone()));
-                        self.accepted_any = true;
                         backoff = Duration::from_millis(200);
                         transient = 0;
                         break;
@@ -470,13 +448,7 @@ impl Sender<'_> {
                         split(&mut pending, &label, &chunk);
                         break;
                     }
-                    Err(CfFailure::Fatal { code, message }) if code == "InvalidArgument" => {
-                        refusals += 1;
-                        if refusals > MAX_REFUSALS_PER_BATCH
-                            || (!self.accepted_any && refusals > refusals_to_find_one)
-                        {
-                            return BatchOutcome::Kept(refused_request(code, message));
-                        }
+                    Err(CfFailure::Fatal { code, .. }) if code == "InvalidArgument" => {
                         if chunk.len() > 1 {
                             // One path CloudFront will not take must not hold back the others: found by halves.
                             split(&mut pending, &label, &chunk);
@@ -519,18 +491,10 @@ impl Sender<'_> {
                 backoff = (backoff * 2).min(Duration::from_secs(20));
             }
         }
-        if !refused.is_empty() {
-            if !self.accepted_any {
-                return BatchOutcome::Kept(refused_request(
-                    "InvalidArgument".into(),
-                    format!("CloudFront refused {}", refused.join(", ")),
-                ));
-            }
-            for path in &refused {
-                self.log.warn(&format!(
-                    "CloudFront refused the path {path}; it is dropped"
-                ));
-            }
+        for path in &refused {
+            self.log.warn(&format!(
+                "CloudFront refused the path {path}; it is dropped"
+            ));
         }
         BatchOutcome::Accepted(accepted, refused)
     }
@@ -764,7 +728,6 @@ pub async fn send(
         in_progress: None,
         pacing: true,
         held: &held,
-        accepted_any: false,
     };
     // Only when an earlier claim is resumed beside a new one can the two hold the same URL.
     let mut older =
