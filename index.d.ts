@@ -28,8 +28,8 @@ declare namespace createTracker {
         url?: string
         /** The original's form: a Redis URL. */
         REDIS_URL?: string
-        /** The original's form: port, hostname and password. */
-        port?: number
+        /** The original's form: port (a number, or a string of digits), hostname and password. */
+        port?: number | string
         hostname?: string
         password?: string
         /** Key prefix, wrapped in a `{hash tag}`. Default `cfit`. */
@@ -94,7 +94,7 @@ declare namespace createTracker {
     id?: string
     /** The CallerReference it was sent with. */
     callerReference?: string
-    /** `InProgress`, `Completed`, `Kept` (not sent, still tracked) or `DryRun`. */
+    /** `InProgress`, `Completed`, `Kept` (not sent, still tracked), `Rejected` (every path refused) or `DryRun`. */
     status: string
     /** Its paths. */
     paths: string[]
@@ -137,7 +137,8 @@ declare namespace createTracker {
   }
 
   interface SendOptions {
-    /** Poll until every invalidation completed (or `sendTimeoutMs` passes). */
+    /** Poll until every invalidation completed (or `sendTimeoutMs` passes; rejects at once if CloudFront denies
+     * reading their status). */
     wait?: boolean
     /** Report what would be sent; send and change nothing. */
     dryRun?: boolean

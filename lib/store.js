@@ -35,7 +35,13 @@ function optionalMethods (store) {
 /** A store's failure as an Error that says something: a store may throw or reject with anything, or nothing. */
 function failure (reason) {
   if (reason instanceof Error) return reason.message ? reason : new Error(`${reason.name || 'an error'} without a message`)
-  return new Error(`it threw or rejected with ${describe(reason)}`)
+  let what
+  try {
+    what = describe(reason)
+  } catch {
+    what = 'a value that cannot be described'
+  }
+  return new Error(`it threw or rejected with ${what}`)
 }
 
 /**

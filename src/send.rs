@@ -327,6 +327,10 @@ struct Sender<'a> {
     held: &'a Held,
 }
 
+/// The shortest time between renewals, however short the lease (a lease shorter than three times this is renewed
+/// late: it is for tests).
+const MIN_RENEWAL_PERIOD: Duration = Duration::from_millis(100);
+
 /// Claims a send holds, behind a lock that a renewal holds while it runs, so that a claim finished or given back is
 /// never renewed after.
 type Held = tokio::sync::Mutex<std::collections::BTreeSet<String>>;
@@ -342,7 +346,7 @@ async fn keep_leases(
 ) -> std::convert::Infallible {
     let lease_ms = cfg.lease.as_millis() as u64;
     loop {
-        tokio::time::sleep(cfg.lease / 3).await;
+        tokio::time::sleep((cfg.lease / 3).max(MIN_RENEWAL_PERIOD)).await;
         let held = held.lock().await;
         for id in held.iter() {
             if let Err(e) = store.renew(id, lease_ms).await {
@@ -602,16 +606,18 @@ impl Sender<'_> {
             entry.paths = batch.paths;
             report.batches.push(entry);
         }
+        // Under the lock, so that no renewal comes after; out of the held ones once done, so that a store failure
+        // leaves it to the send's error path to release.
         let mut held = self.held.lock().await;
-        held.remove(&id);
         match failure {
-            None => self.store.finish(&id).await,
+            None => self.store.finish(&id).await?,
             Some(e) => {
                 self.store.release(&id).await?;
                 report.error.get_or_insert(e);
-                Ok(())
             }
         }
+        held.remove(&id);
+        Ok(())
     }
 
     async fn wait_completed(&self, report: &mut SendReport) {
@@ -637,9 +643,10 @@ impl Sender<'_> {
                             all_done &= is_completed(&status);
                             last = status;
                         }
-                        // Asking again will not help (AccessDenied, NoSuchInvalidation): the batch was sent, but
-                        // whether it completed cannot be known; waiting out the deadline would say nothing more.
-                        Err(CfFailure::Fatal { code, message }) => {
+                        // Asking again will not help (AccessDenied, say): the batch was sent, but whether it
+                        // completed cannot be known; waiting out the deadline would say nothing more. Not so
+                        // NoSuchInvalidation just after it was made, which may be CloudFront catching up: asked again.
+                        Err(CfFailure::Fatal { code, message }) if code != "NoSuchInvalidation" => {
                             unfollowable = true;
                             report.error.get_or_insert(Error::CloudFront {
                                 code,
@@ -738,8 +745,10 @@ pub async fn send(
                 // A claim of this send failed: the new one, not tried yet, is given back rather than tried and kept,
                 // or every send while CloudFront keeps refusing would leave one more claim behind (memory in the
                 // store, and a request per claim once it accepts again). The next send claims its URLs anew.
-                sender.held.lock().await.remove(&claim.id);
+                let mut held = sender.held.lock().await;
                 store.give_back(&claim.id).await?;
+                held.remove(&claim.id);
+                drop(held);
                 report.kept += claim.urls.len();
                 continue;
             }

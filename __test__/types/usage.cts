@@ -4,6 +4,7 @@ import http = require('node:http')
 
 const invl = createTracker({ cf: { dist: 'E1' }, redis: { url: 'redis://127.0.0.1:6379', prefix: 'app' } })
 const memory: createTracker.Tracker = createTracker({ cf: { dist: 'E1' }, store: 'memory' })
+createTracker({ cf: { dist: 'E1' }, redis: { port: process.env.REDIS_PORT ?? 6379, hostname: '127.0.0.1' } })
 const limit: number = createTracker.MAX_URL_LENGTH
 
 async function main (): Promise<void> {

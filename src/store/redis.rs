@@ -223,9 +223,9 @@ return 1
     )
 });
 
-// KEYS: claims, urls, overflow, claim urls, claim overflow, claim plan, claim done. ARGV: id. Tracks a claim's URLs
-// and wildcards again (a URL tracked meanwhile keeps the later expiry) and drops the claim, unless it has a plan: then
-// it is released. Returns 1 when given back.
+// KEYS: claims, urls, overflow, claim urls, claim overflow, claim plan, claim done. ARGV: id, most wildcards. Tracks
+// a claim's URLs and wildcards again (a URL tracked meanwhile keeps the later expiry; the wildcards within their bound,
+// as PUT_OVERFLOW keeps it) and drops the claim, unless it has a plan: then it is released. Returns 1 when given back.
 static GIVE_BACK: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -234,7 +234,11 @@ if redis.call('EXISTS', KEYS[6]) == 1 then redis.call('ZADD', KEYS[1], 'XX', 0, 
 if redis.call('EXISTS', KEYS[4]) == 1 then
   redis.call('ZUNIONSTORE', KEYS[2], 2, KEYS[2], KEYS[4], 'AGGREGATE', 'MAX')
 end
-if redis.call('EXISTS', KEYS[5]) == 1 then redis.call('SUNIONSTORE', KEYS[3], KEYS[3], KEYS[5]) end
+local max = tonumber(ARGV[2])
+for _, w in ipairs(redis.call('SMEMBERS', KEYS[5])) do
+  if redis.call('SISMEMBER', KEYS[3], w) == 0 and redis.call('SCARD', KEYS[3]) >= max then w = '/*' end
+  redis.call('SADD', KEYS[3], w)
+end
 redis.call('DEL', KEYS[4], KEYS[5], KEYS[7])
 redis.call('ZREM', KEYS[1], ARGV[1])
 return 1
@@ -759,6 +763,7 @@ impl Store for RedisStore {
             .key(self.keys.claim(claim_id, "plan"))
             .key(self.keys.claim(claim_id, "done"))
             .arg(claim_id)
+            .arg(MAX_OVERFLOW_WILDCARDS)
             .invoke_async::<i64>(&mut con)
             .await?;
         Ok(())
