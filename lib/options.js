@@ -73,11 +73,11 @@ function redisUrl (redis, env) {
     return url
   }
   const host = optString(redis, 'hostname', 'options.redis') ?? optString(redis, 'host', 'options.redis') ?? '127.0.0.1'
-  const given = redis.port
-  if (given !== undefined && given !== null && typeof given !== 'number' && !(typeof given === 'string' && /^\d+$/.test(given))) {
+  const given = redis.port ?? 6379
+  if (typeof given !== 'number' && !(typeof given === 'string' && /^\d+$/.test(given))) {
     throw argType('options.redis.port', 'a port number', given)
   }
-  const port = given === undefined || given === null ? 6379 : Number(given)
+  const port = Number(given)
   if (!Number.isInteger(port) || port < 1 || port > 65535) throw argValue('options.redis.port', 'must be a port number', given)
   const password = optString(redis, 'password', 'options.redis')
   const auth = password ? `:${encodeURIComponent(password)}@` : ''

@@ -505,18 +505,20 @@ impl Store for JsStore {
     }
 
     async fn give_back(&self, claim_id: &str) -> Result<()> {
+        let planned = self
+            .lock()
+            .claims
+            .get(claim_id)
+            .is_some_and(|c| c.plan.is_some());
+        if planned {
+            return self.release(claim_id).await;
+        }
         let mut state = self.lock();
         // The store still holds the claim's URLs: once the claim is gone, the next claim takes them again.
-        match state.claims.get_mut(claim_id) {
-            Some(c) if c.plan.is_some() => c.leased = false,
-            Some(_) => {
-                if let Some(c) = state.claims.remove(claim_id) {
-                    for w in &c.overflow {
-                        add_overflow(&mut state.overflow, w);
-                    }
-                }
+        if let Some(c) = state.claims.remove(claim_id) {
+            for w in &c.overflow {
+                add_overflow(&mut state.overflow, w);
             }
-            None => {}
         }
         Ok(())
     }

@@ -67,12 +67,12 @@ impl MemoryStore {
     }
 }
 
-/// Adds `wildcard` to an overflow set, keeping it bounded.
 /// The later of two expiries (`None`: none, the latest).
 fn later(a: Option<u64>, b: Option<u64>) -> Option<u64> {
     a.zip(b).map(|(a, b)| a.max(b))
 }
 
+/// Adds `wildcard` to an overflow set, keeping it bounded.
 pub(crate) fn add_overflow(set: &mut BTreeSet<String>, wildcard: &str) {
     if set.len() < MAX_OVERFLOW_WILDCARDS || set.contains(wildcard) {
         set.insert(wildcard.to_owned());
@@ -235,20 +235,16 @@ impl Store for MemoryStore {
     }
 
     async fn give_back(&self, claim_id: &str) -> Result<()> {
+        let planned = self
+            .lock()
+            .claims
+            .get(claim_id)
+            .is_some_and(|c| c.plan.is_some());
+        if planned {
+            return self.release(claim_id).await;
+        }
         let mut state = self.lock();
-        let planned = match state.claims.get_mut(claim_id) {
-            Some(c) if c.plan.is_some() => {
-                c.lease_until = 0;
-                true
-            }
-            _ => false,
-        };
-        let given = if planned {
-            None
-        } else {
-            state.claims.remove(claim_id)
-        };
-        if let Some(c) = given {
+        if let Some(c) = state.claims.remove(claim_id) {
             for (url, expires_at) in c.urls {
                 state
                     .urls

@@ -94,8 +94,9 @@ impl Keys {
 // that saw generation G and finds it unchanged knows that every URL it stored since G is still tracked, so it need
 // not send them again. With an expected generation that is not the current one, or when the set is gone though the
 // generation is not (evicted by a maxmemory policy, or deleted by hand), nothing is written and the answer is
-// {generation, 1}: the writer sends everything again. Otherwise each path is tracked (or its expiry updated) while fewer than `max` are tracked, in a few
-// variadic ZADDs when all fit, and the answer is {generation, 0, paths that did not fit…}.
+// {generation, 1}: the writer sends everything again. Otherwise each path is tracked (or its expiry updated) while
+// fewer than `max` are tracked, in a few variadic ZADDs when all fit, and the answer is {generation, 0, paths that did
+// not fit…}.
 static PUT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
