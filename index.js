@@ -297,6 +297,16 @@ class Tracker {
     if (gathered !== null) gathered.resolve(written)
   }
 
+  /**
+   * Drops the calls not yet written, those gathered included: for a process that gives up on a store that failed
+   * (the command line), so that the writer does not retry them nor the exit flush wait for them. Returns what was
+   * dropped ("2 tracked URLs"), or null.
+   */
+  _discard () {
+    this._handOver()
+    return this._native.discard()
+  }
+
   /** At process exit: writes what is still buffered, blocking for at most EXIT_FLUSH_MS. */
   _flushAtExit () {
     try {

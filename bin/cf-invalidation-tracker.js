@@ -143,8 +143,9 @@ async function main (argv, { env = process.env, stdout = process.stdout, stderr 
   const progress = new Progress(stderr, { bar: false })
   const logger = {
     info: (m) => { if (!cli.json && m !== 'Nothing to invalidate') progress.log(redact(m)) },
-    // 'Error! …' is the failure the command ends with: it is printed once, as the reason.
-    warn: (m) => { if (!m.startsWith('Error! ')) progress.line(redact(m)) },
+    // 'Error! …' is the failure the command ends with: it is printed once, as the reason. So is a failed write of
+    // track/untrack, which the writer would retry in a server ('…, will retry: …'): the command gives up instead.
+    warn: (m) => { if (!m.startsWith('Error! ') && !m.includes(', will retry: ')) progress.line(redact(m)) },
     // The tracker logs its failed promises here; every one is awaited below and reported once, by fail().
     error: () => {}
   }
@@ -181,8 +182,14 @@ async function main (argv, { env = process.env, stdout = process.stdout, stderr 
             return fail(new Error(`cannot ${cli.command} ${JSON.stringify(url)}: ${err.message}`), 2)
           }
         }
-        if (cli.command === 'track') await Promise.all(urls.map((u) => tracker.storeUrl(u, cli.ttl)))
-        else await Promise.all(urls.map((u) => tracker.removeUrl(u)))
+        try {
+          if (cli.command === 'track') await Promise.all(urls.map((u) => tracker.storeUrl(u, cli.ttl)))
+          else await Promise.all(urls.map((u) => tracker.removeUrl(u)))
+        } catch (err) {
+          // Exit 1 says they were not written: nothing is left for the writer to retry or the exit to wait for.
+          tracker._discard()
+          throw err
+        }
         const key = cli.command === 'track' ? 'tracked' : 'untracked'
         if (cli.json) out(JSON.stringify({ [key]: paths }))
         else out(`${cli.command === 'track' ? 'Tracked' : 'Untracked'} ${plural(paths.length, 'URL')}: ${paths.join(' ')}`)

@@ -268,6 +268,23 @@ impl WriteBuffer {
         }
     }
 
+    /// Drops every call still waiting to be written (a write under way is not stopped); returns what was dropped,
+    /// described as by [`Self::describe_waiting`], or None when nothing waited. For a process that gives up on a
+    /// store that failed (the command line), so that nothing is retried or written at exit.
+    pub fn discard(&self) -> Option<String> {
+        let waiting = self.describe_waiting();
+        let mut p = self.lock();
+        if p.is_empty() {
+            return None;
+        }
+        p.entries.clear();
+        p.removals.clear();
+        p.expiries.clear();
+        p.overflow.clear();
+        p.due = false;
+        Some(waiting)
+    }
+
     /// True when nothing (no URL, removal, expiry change or overflow wildcard) waits to be written.
     pub fn is_empty(&self) -> bool {
         self.lock().is_empty()
@@ -668,6 +685,22 @@ mod tests {
         buf.flush(&store, usize::MAX).await.unwrap();
         buf.written(w1).await.unwrap();
         assert_eq!(store.list().await.unwrap().urls, vec!["/a", "/b"]);
+    }
+
+    #[tokio::test]
+    async fn discarded_calls_are_not_written_and_later_calls_are() {
+        let buf = WriteBuffer::new(100, 50);
+        let store = MemoryStore::new();
+        buf.push("/a".into(), None);
+        buf.push("/b".into(), None);
+        buf.remove("/c".into());
+        assert_eq!(buf.discard().as_deref(), Some("2 tracked URLs, 1 removals"));
+        assert!(buf.is_empty());
+        assert_eq!(buf.discard(), None);
+        let w = buf.push("/d".into(), None);
+        buf.flush(&store, usize::MAX).await.unwrap();
+        buf.written(w).await.unwrap();
+        assert_eq!(store.list().await.unwrap().urls, vec!["/d"]);
     }
 
     #[tokio::test]

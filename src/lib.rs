@@ -460,6 +460,13 @@ impl NativeTracker {
         })
     }
 
+    /// Drops the calls still waiting to be written (after a write failed, by a process giving up on the store);
+    /// returns what was dropped ("2 tracked URLs"), or null when nothing waited.
+    #[napi]
+    pub fn discard(&self) -> napi::Result<Option<String>> {
+        guarded_sync(|| Ok(self.inner.discard()))
+    }
+
     /// Changes a tracked URL's TTL, in order with the other calls; returns the write window.
     #[napi]
     pub fn set_ttl(&self, url: String, ttl_in_sec: f64) -> napi::Result<i64> {

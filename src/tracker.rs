@@ -317,6 +317,11 @@ impl Tracker {
         Ok(true)
     }
 
+    /// Drops the calls still waiting to be written; returns what was dropped, if anything.
+    pub fn discard(&self) -> Option<String> {
+        self.buffer.discard()
+    }
+
     /// Changes how long a tracked URL stays tracked (`0`: until sent), in order with the other calls. Returns the
     /// write window that makes the change in the store.
     pub fn set_ttl(self: &Arc<Self>, url: &str, ttl_secs: f64) -> Result<u64> {
