@@ -10,6 +10,10 @@ const { startEnv, sleep, noUnhandledRejections } = require('./helpers/env')
 const { SyncStore, PromiseStore, CallbackStore } = require('./helpers/stores')
 const { startFakeCloudFront } = require('./helpers/fake-cloudfront')
 
+require('node:v8').setFlagsFromString('--expose-gc')
+/** A full garbage collection, now. */
+const collectGarbage = require('node:vm').runInNewContext('gc')
+
 let env
 before(async () => { env = await startEnv() })
 after(async () => { await env.close() })
@@ -201,7 +205,10 @@ describe('store failures reject with the method named and leave the process aliv
     'getAllKeys answers an array whose getter throws': {
       getAllKeys () { const a = ['/a', '/b']; Object.defineProperty(a, 1, { get () { throw new Error('getter') } }); return a }
     },
-    'getAllKeys never answers': { getAllKeys (cb) {} } // eslint-disable-line n/handle-callback-err
+    // Keeps the callback (a request still waiting on its socket, say): answered by the timeout.
+    'getAllKeys never answers': { getAllKeys (cb) { this.waiting.push(cb) }, waiting: [] },
+    // Drops the callback: once it is garbage collected nothing can answer, and the caller learns so at once.
+    'getAllKeys drops its callback': { getAllKeys (cb) { setImmediate(collectGarbage) } } // eslint-disable-line n/handle-callback-err
   }
   const expectations = {
     'set throws': ['set', 'ERR_CFIT_STORE', /disk full/],
@@ -217,7 +224,8 @@ describe('store failures reject with the method named and leave the process aliv
     'getAllKeys answers nothing': ['getAllKeys', 'ERR_CFIT_STORE', /array of strings/],
     'getAllKeys answers a sparse array longer than memory': ['getAllKeys', 'ERR_CFIT_STORE', /array of strings/],
     'getAllKeys answers an array whose getter throws': ['getAllKeys', 'ERR_CFIT_STORE', /array of strings/],
-    'getAllKeys never answers': ['getAllKeys', 'ERR_CFIT_STORE_TIMEOUT', /did not answer within 200 ms/]
+    'getAllKeys never answers': ['getAllKeys', 'ERR_CFIT_STORE_TIMEOUT', /did not answer within 200 ms/],
+    'getAllKeys drops its callback': ['getAllKeys', 'ERR_CFIT_STORE', /will never answer: the callback it was given .* was dropped/]
   }
   for (const [name, override] of Object.entries(cases)) {
     it(name, async () => {
@@ -239,7 +247,7 @@ describe('store failures reject with the method named and leave the process aliv
           good.data.set('/a')
           invl.sendInvalidation() // unawaited
           await assert.rejects(invl.sendInvalidation(), (err) => {
-            assert.equal(err.code, code)
+            assert.equal(err.code, code, err.message)
             assert.match(err.message, new RegExp(`'${method}'`))
             assert.match(err.message, detail)
             return true

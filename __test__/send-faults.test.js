@@ -123,8 +123,31 @@ describe("CloudFront's limits", () => {
     await useCloudFront({ inProgressMs: 400 })
     const { tracker, urls } = await tracked(7000, { batchSize: 3000, sendTimeoutMs: 30000 })
     const report = await tracker.sendInvalidation()
+    console.log(cf.requests.slice(from).map((r) => `${r.at % 100000} ${r.op} ${r.errorCode || ''} ${r.paths || ''}`).join('\n'))
     assert.equal(report.batches.length, 3)
     assertDeliveredOnce(urls)
+    assert.equal(cf.requests.filter((r) => r.errorCode === 'TooManyInvalidationsInProgress').length, 0)
+  })
+
+  it('a send waiting for room asks GetInvalidation about each invalidation in progress once, not at every look', async () => {
+    await useCloudFront({ inProgressMs: 1500 })
+    // Another application's invalidations of 2,500 paths are in progress for 1.5 s.
+    const other = createTracker({ ...options(), redis: undefined, store: 'memory://' })
+    await Promise.all(Array.from({ length: 2500 }, (_, i) => other.storeUrl(`/x/${i}`)))
+    await other.sendInvalidation()
+    const theirs = cf.invalidations(DIST).map((i) => i.id).sort()
+    const from = cf.requests.length
+    // Three batches of 1,500 paths (3,000 may be in progress): the first waits for theirs to complete, the third for
+    // ours.
+    const { tracker, urls } = await tracked(4500, { batchSize: 1500 })
+    const report = await tracker.sendInvalidation()
+    assert.equal(report.batches.length, 3)
+    assert.deepEqual(cf.pathsReceived(DIST).filter((p) => !p.startsWith('/x/')).sort(), urls)
+    const requests = cf.requests.slice(from)
+    const looks = requests.filter((r) => r.op === 'ListInvalidations').length
+    assert.ok(looks >= 10, `the send looked ${looks} times`)
+    const asked = requests.filter((r) => r.op === 'GetInvalidation').map((r) => r.path.split('/').pop()).sort()
+    assert.deepEqual(asked, theirs, 'only about the invalidations it did not create, each once')
     assert.equal(cf.requests.filter((r) => r.errorCode === 'TooManyInvalidationsInProgress').length, 0)
   })
 

@@ -7,7 +7,9 @@ use aws_sdk_cloudfront::config::http::HttpResponse;
 use aws_sdk_cloudfront::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_cloudfront::types::{InvalidationBatch, Paths};
 use aws_sdk_cloudfront::Client;
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::Mutex;
 use std::time::Duration;
 use tokio::sync::OnceCell;
 
@@ -189,6 +191,9 @@ pub struct DistributionInfo {
 pub struct CloudFront {
     config: CfConfig,
     client: OnceCell<Client>,
+    /// The paths and wildcards of the invalidations last seen in progress, and of those this client created: an
+    /// invalidation's paths never change, so a capacity check asks GetInvalidation only about new ones.
+    sizes: Mutex<HashMap<String, InProgress>>,
 }
 
 impl CloudFront {
@@ -197,6 +202,7 @@ impl CloudFront {
         Self {
             config,
             client: OnceCell::new(),
+            sizes: Mutex::new(HashMap::new()),
         }
     }
 
@@ -275,6 +281,8 @@ impl CloudFront {
         let inv = out.invalidation().ok_or_else(|| {
             CfFailure::Transient("CloudFront answered without an invalidation".into())
         })?;
+        self.sizes_lock()
+            .insert(inv.id().to_owned(), InProgress::of(paths));
         Ok(Created {
             id: inv.id().to_owned(),
             status: inv.status().to_owned(),
@@ -298,7 +306,13 @@ impl CloudFront {
             .unwrap_or_default())
     }
 
-    /// Counts the paths of invalidations in progress on the distribution (the newest 100 invalidations).
+    fn sizes_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, InProgress>> {
+        // Plain counts: a panic elsewhere while it was held leaves nothing half-written.
+        self.sizes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts the paths of invalidations in progress on the distribution (the newest 100 invalidations): one
+    /// ListInvalidations, and a GetInvalidation for each one in progress not counted before.
     pub async fn in_progress(&self) -> std::result::Result<InProgress, CfFailure> {
         let client = self.client().await;
         let list = client
@@ -313,11 +327,24 @@ impl CloudFront {
             .invalidation_list()
             .map(|l| l.items())
             .unwrap_or_default();
-        for summary in items.iter().filter(|s| is_in_progress(s.status())) {
+        let running: Vec<&str> = items
+            .iter()
+            .filter(|s| is_in_progress(s.status()))
+            .map(|s| s.id())
+            .collect();
+        // Those no longer in progress will not be asked about again.
+        self.sizes_lock()
+            .retain(|id, _| running.contains(&id.as_str()));
+        for id in running {
+            let known = self.sizes_lock().get(id).copied();
+            if let Some(size) = known {
+                total.add(&size);
+                continue;
+            }
             let inv = client
                 .get_invalidation()
                 .distribution_id(&self.config.dist)
-                .id(summary.id())
+                .id(id)
                 .send()
                 .await
                 .map_err(classify)?;
@@ -327,7 +354,9 @@ impl CloudFront {
                 .and_then(|b| b.paths())
                 .map(|p| p.items())
                 .unwrap_or_default();
-            total.add(&InProgress::of(paths));
+            let size = InProgress::of(paths);
+            self.sizes_lock().insert(id.to_owned(), size);
+            total.add(&size);
         }
         Ok(total)
     }

@@ -12,6 +12,7 @@ use super::{
 use crate::error::{Error, Result};
 use crate::paths::{self, PathRules};
 use async_trait::async_trait;
+use futures::channel::oneshot;
 use futures::{stream, StreamExt, TryStreamExt};
 use napi::bindgen_prelude::{FromNapiValue, Promise, ToNapiValue};
 use napi::threadsafe_function::ThreadsafeFunction;
@@ -214,7 +215,20 @@ impl JsStore {
                 .call_async_catch(call)
                 .await
                 .map_err(store_error)?;
-            promise.await.map_err(store_error)
+            promise.await.map_err(|e| {
+                // The promise was garbage collected unsettled: the store dropped the callback it was given (or the
+                // promise it returned) without answering, so nothing can ever settle it.
+                if e.reason == oneshot::Canceled.to_string() {
+                    Error::Store {
+                        method,
+                        message: "it will never answer: the callback it was given (or the promise it returned) was \
+                                  dropped without being called (or settled)"
+                            .into(),
+                    }
+                } else {
+                    store_error(e)
+                }
+            })
         };
         tokio::time::timeout(self.timeout, attempt)
             .await
