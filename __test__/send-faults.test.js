@@ -123,7 +123,6 @@ describe("CloudFront's limits", () => {
     await useCloudFront({ inProgressMs: 400 })
     const { tracker, urls } = await tracked(7000, { batchSize: 3000, sendTimeoutMs: 30000 })
     const report = await tracker.sendInvalidation()
-    console.log(cf.requests.slice(from).map((r) => `${r.at % 100000} ${r.op} ${r.errorCode || ''} ${r.paths || ''}`).join('\n'))
     assert.equal(report.batches.length, 3)
     assertDeliveredOnce(urls)
     assert.equal(cf.requests.filter((r) => r.errorCode === 'TooManyInvalidationsInProgress').length, 0)
