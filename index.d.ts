@@ -19,7 +19,16 @@ declare namespace createTracker {
     endpoint?: string
   }
 
-  /** Redis settings: the original's forms plus `url` and `prefix`. */
+  /** PEM text, as a string or a Buffer. */
+  type Pem = string | Uint8Array
+
+  /**
+   * TLS certificates of a Redis connection: `ca`, the certificate authorities to trust instead of the public ones;
+   * `cert` and `key`, a client certificate for a server that asks for one (both or neither).
+   */
+  type RedisTlsOptions = { ca?: Pem | Pem[] } & ({ cert: Pem; key: Pem } | { cert?: undefined; key?: undefined })
+
+  /** Redis settings: the original's forms plus `url`, `prefix` and `tls`. */
   type RedisOptions =
     | true
     | string
@@ -31,9 +40,15 @@ declare namespace createTracker {
         /** The original's form: port (a number, or a string of digits), hostname and password. */
         port?: number | string
         hostname?: string
+        host?: string
         password?: string
         /** Key prefix, wrapped in a `{hash tag}`. Default `cfit`. */
         prefix?: string
+        /**
+         * TLS, as with a `rediss://` URL (a `redis://` URL or `port` and `hostname` are then connected to over TLS):
+         * `true` trusts the public certificate authorities; an object gives certificates.
+         */
+        tls?: boolean | RedisTlsOptions
       }
 
   /** Where log lines go. */

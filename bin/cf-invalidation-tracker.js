@@ -4,6 +4,7 @@
 // The command line: send tracked URLs to CloudFront, look at what is tracked, find distributions.
 // `cf-invalidation-tracker --help` says how; lib/cli-config.js reads flags and environment.
 
+const fs = require('node:fs')
 const createTracker = require('..')
 const { parseCli, UsageError } = require('../lib/cli-config')
 const { isBucketOrigin } = require('../lib/s3')
@@ -110,6 +111,21 @@ function sendSummary (report, dist) {
   return lines
 }
 
+/** Reads the certificate files of `redis.tls` (`{ ca, cert, key }`, paths or undefined). Throws UsageError. */
+function readTlsFiles (files) {
+  const flags = { ca: '--redis-ca', cert: '--redis-cert', key: '--redis-key' }
+  const tls = {}
+  for (const [field, file] of Object.entries(files)) {
+    if (file === undefined) continue
+    try {
+      tls[field] = fs.readFileSync(file, 'utf8')
+    } catch (err) {
+      throw new UsageError(`cannot read the ${flags[field]} file ${JSON.stringify(file)}: ${err.code ?? err.message}`)
+    }
+  }
+  return tls
+}
+
 /**
  * Runs the command line with `argv` (the arguments after the script name). Resolves to the exit status: 0 on
  * success, 1 when the work failed, 2 on a usage or configuration error. Writes results to `stdout`, progress and
@@ -151,6 +167,7 @@ async function main (argv, { env = process.env, stdout = process.stdout, stderr 
   }
   let tracker
   try {
+    if (cli.tlsFiles) cli.options.redis.tls = readTlsFiles(cli.tlsFiles)
     tracker = createTracker({ ...cli.options, logger })
   } catch (err) {
     return fail(err, 2)

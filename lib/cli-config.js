@@ -27,6 +27,10 @@ Options:
   --dist <id>              CloudFront distribution id            [CF_DIST]
   --redis <url>            Redis URL of the URL store            [REDIS_URL, REDISTOGO_URL]
   --prefix <prefix>        Redis key prefix (default: cfit)
+  --redis-ca <file>        PEM authorities a rediss:// Redis is checked against,
+                           instead of the public ones            [REDIS_TLS_CA_FILE]
+  --redis-cert <file>      PEM client certificate for Redis (with --redis-key)  [REDIS_TLS_CERT_FILE]
+  --redis-key <file>       PEM private key of that certificate   [REDIS_TLS_KEY_FILE]
   --endpoint <url>         CloudFront endpoint URL               [AWS_ENDPOINT_URL_CLOUDFRONT, AWS_ENDPOINT_URL]
   --region <region>        Signing region                        [AWS_REGION]
   --batch-size <n>         Paths per invalidation request (1-3000, default 1000)
@@ -46,6 +50,9 @@ const OPTIONS = {
   dist: { type: 'string' },
   redis: { type: 'string' },
   prefix: { type: 'string' },
+  'redis-ca': { type: 'string' },
+  'redis-cert': { type: 'string' },
+  'redis-key': { type: 'string' },
   endpoint: { type: 'string' },
   region: { type: 'string' },
   'batch-size': { type: 'string' },
@@ -126,6 +133,24 @@ function redisFromEnv (env, flags = {}) {
 }
 
 /**
+ * The files of Redis's TLS certificates, from --redis-ca, --redis-cert and --redis-key or REDIS_TLS_CA_FILE,
+ * REDIS_TLS_CERT_FILE and REDIS_TLS_KEY_FILE: `{ ca, cert, key }` (each a path or undefined), or undefined when none
+ * is given. Read by the command line (readTlsFiles) into `redis.tls`, whose `rediss://` they ask for.
+ */
+function redisTlsFiles (env, flags = {}) {
+  const files = {
+    ca: nonEmpty(flags['redis-ca']) ?? nonEmpty(env.REDIS_TLS_CA_FILE),
+    cert: nonEmpty(flags['redis-cert']) ?? nonEmpty(env.REDIS_TLS_CERT_FILE),
+    key: nonEmpty(flags['redis-key']) ?? nonEmpty(env.REDIS_TLS_KEY_FILE)
+  }
+  if (!files.ca && !files.cert && !files.key) return undefined
+  if (Boolean(files.cert) !== Boolean(files.key)) {
+    throw new UsageError(files.cert ? '--redis-cert needs --redis-key (or REDIS_TLS_KEY_FILE)' : '--redis-key needs --redis-cert (or REDIS_TLS_CERT_FILE)')
+  }
+  return files
+}
+
+/**
  * Strings that must never be printed: AWS keys and session tokens (real ones are long; shorter values are not
  * masked, so that a dummy key such as 'test' cannot blank out paths), and the password of the Redis URL.
  */
@@ -154,7 +179,8 @@ function redactor (secrets) {
 
 /**
  * Parses the command line. Returns `{ help }`, `{ version }`, or `{ command, operands, json, dryRun, wait, ttl,
- * origin, options, redact }` where `options` are the tracker's options (without its logger). Throws UsageError.
+ * origin, options, tlsFiles, redact }` where `options` are the tracker's options (without its logger, and without
+ * the certificates of `tlsFiles`, which are files to read). Throws UsageError.
  * @param {string[]} argv the arguments after the script name
  * @param {Record<string, string | undefined>} env
  */
@@ -192,10 +218,12 @@ function parseCli (argv, env) {
   }
   const redisUrl = redisFromEnv(env, values)
   const options = { cf }
+  let tlsFiles
   if (spec.store) {
     if (!redisUrl) throw new UsageError('no store: set REDIS_URL (or REDISTOGO_URL) or pass --redis')
     options.redis = { url: redisUrl }
     if (values.prefix !== undefined) options.redis.prefix = values.prefix
+    tlsFiles = redisTlsFiles(env, values)
   } else {
     options.store = 'memory://'
   }
@@ -230,8 +258,9 @@ function parseCli (argv, env) {
     origin: nonEmpty(values.origin),
     dist: cf.dist === NO_DIST ? undefined : cf.dist,
     options,
+    tlsFiles,
     redact: redactor(secretsOf(env, redisUrl))
   }
 }
 
-module.exports = { parseCli, cfFromEnv, redisFromEnv, redactor, UsageError, HELP, NO_DIST }
+module.exports = { parseCli, cfFromEnv, redisFromEnv, redisTlsFiles, redactor, UsageError, HELP, NO_DIST }

@@ -85,6 +85,49 @@ function redisUrl (redis, env) {
   return `redis://${auth}${h}:${port}`
 }
 
+const PEM = /-----BEGIN [A-Z0-9 ]+-----/
+
+/**
+ * One PEM field of `redis.tls`: a string or a Buffer, or for `ca` an array of them. Its text is never echoed in an
+ * error (it may be a private key).
+ */
+function pemField (tls, field) {
+  const v = tls[field]
+  if (v === undefined || v === null) return undefined
+  const name = `options.redis.tls.${field}`
+  const parts = field === 'ca' && Array.isArray(v) ? v : [v]
+  const texts = parts.map((part) => {
+    if (typeof part === 'string') return part
+    if (part instanceof Uint8Array) return Buffer.from(part.buffer, part.byteOffset, part.byteLength).toString('latin1')
+    throw argType(name, field === 'ca' ? 'PEM text (a string or a Buffer), or an array of them' : 'PEM text (a string or a Buffer)', part)
+  })
+  if (texts.length === 0 || !texts.every((t) => PEM.test(t))) {
+    const err = new RangeError(`The "${name}" argument must be PEM text (-----BEGIN …-----). Received something else`)
+    err.code = 'ERR_INVALID_ARG_VALUE'
+    throw err
+  }
+  return texts.join('\n')
+}
+
+/**
+ * `redis.tls`: true (TLS, trusting the public certificate authorities) or `{ ca, cert, key }` in PEM: `ca` the
+ * authorities to trust instead, `cert` and `key` a client certificate (both or neither). Returns undefined when the
+ * URL alone decides (no `tls`, or false), else the native fields (none for true).
+ */
+function parseRedisTls (tls) {
+  if (tls === undefined || tls === null || tls === false) return undefined
+  if (tls === true) return {}
+  if (!isObject(tls)) throw argType('options.redis.tls', 'true or an object with ca, cert and key', tls)
+  const fields = { redisTlsCa: pemField(tls, 'ca'), redisTlsCert: pemField(tls, 'cert'), redisTlsKey: pemField(tls, 'key') }
+  if ((fields.redisTlsCert === undefined) !== (fields.redisTlsKey === undefined)) {
+    const [given, missing] = fields.redisTlsCert === undefined ? ['key', 'cert'] : ['cert', 'key']
+    const err = new TypeError(`The "options.redis.tls" argument must have both cert and key, or neither: it has ${given} but no ${missing}`)
+    err.code = 'ERR_INVALID_ARG_TYPE'
+    throw err
+  }
+  return fields
+}
+
 function parseLogger (logger) {
   if (logger === undefined || logger === null || logger === true) return console
   if (logger === false) return null
@@ -124,7 +167,14 @@ function parseOptions (options, env = process.env) {
   } else if (redis !== undefined && redis !== null && redis !== false) {
     native.store = 'redis'
     native.redisUrl = redisUrl(redis, env)
-    if (isObject(redis)) native.redisPrefix = optString(redis, 'prefix', 'options.redis')
+    if (isObject(redis)) {
+      native.redisPrefix = optString(redis, 'prefix', 'options.redis')
+      const tls = parseRedisTls(redis.tls)
+      if (tls !== undefined) {
+        native.redisUrl = native.redisUrl.replace(/^redis:/, 'rediss:')
+        for (const [k, v] of Object.entries(tls)) if (v !== undefined) native[k] = v
+      }
+    }
     if (native.redisPrefix === '') throw argValue('options.redis.prefix', 'must not be empty', '')
   } else {
     throw new Error('Options must contain a store')

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the services the test suite runs against, when they are missing:
-#   - redis-server, from the system's Debian packages;
+#   - redis-server, from the system's Debian packages (built with TLS there);
+#   - openssl, which makes the TLS tests' certificates;
 #   - moto (a CloudFront-compatible server), into a virtualenv at .venv/.
-# Idempotent: when both are present it only checks and returns.
+# Idempotent: when all are present it only checks and returns.
 # The tests start their own redis-server and moto_server instances on free
 # loopback ports, so no system-wide Redis service is left running.
 set -euo pipefail
@@ -75,6 +76,19 @@ install_redis() {
   }
 }
 
+# openssl makes the certificates of the TLS tests (a test authority, server and client certificates).
+install_openssl() {
+  if command -v openssl >/dev/null 2>&1; then
+    return 0
+  fi
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "install-test-services: openssl is missing and apt-get is not available; install it and retry" >&2
+    return 1
+  fi
+  echo "install-test-services: installing openssl (apt-get)"
+  apt_install openssl
+}
+
 install_moto() {
   if [ -x "$venv/bin/moto_server" ]; then
     return 0
@@ -100,4 +114,5 @@ install_moto() {
 }
 
 install_redis
+install_openssl
 install_moto

@@ -18,7 +18,7 @@ use crate::paths::{PathRules, QueryStrings};
 use crate::send::{Log, SendConfig, SendOptions, SendReport};
 use crate::store::js::{Dispatch, JsStore};
 use crate::store::memory::MemoryStore;
-use crate::store::redis::{RedisConfig, RedisStore};
+use crate::store::redis::{RedisConfig, RedisStore, RedisTls};
 use crate::store::Store;
 use crate::tracker::{Tracker, TrackerConfig, DEFAULT_FLUSH_INTERVAL, REMOVE};
 use futures::FutureExt;
@@ -83,6 +83,12 @@ pub struct NativeOptions {
     pub redis_url: Option<String>,
     /// Redis key prefix.
     pub redis_prefix: Option<String>,
+    /// PEM: certificate authorities a `rediss://` connection trusts instead of the public ones.
+    pub redis_tls_ca: Option<String>,
+    /// PEM: client certificate of a `rediss://` connection (with `redis_tls_key`).
+    pub redis_tls_cert: Option<String>,
+    /// PEM: the client certificate's private key.
+    pub redis_tls_key: Option<String>,
     /// Optional methods the JavaScript store has.
     pub store_methods: Option<Vec<String>>,
     /// Per-call timeout of a JavaScript store, in ms.
@@ -273,6 +279,19 @@ fn build(
             );
             if let Some(prefix) = opts.redis_prefix {
                 cfg.prefix = prefix;
+            }
+            let client = match (opts.redis_tls_cert, opts.redis_tls_key) {
+                (Some(cert), Some(key)) => Some((cert.into_bytes(), key.into_bytes())),
+                (None, None) => None,
+                _ => {
+                    return Err(Error::InvalidArgument(
+                        "redis.tls needs both cert and key, or neither".into(),
+                    ))
+                }
+            };
+            let ca = opts.redis_tls_ca.map(String::into_bytes);
+            if ca.is_some() || client.is_some() {
+                cfg.tls = Some(RedisTls { ca, client });
             }
             Arc::new(RedisStore::new(cfg)?)
         }

@@ -9,7 +9,7 @@ const fs = require('node:fs')
 const net = require('node:net')
 const os = require('node:os')
 const path = require('node:path')
-const { spawn } = require('node:child_process')
+const { spawn, execFileSync } = require('node:child_process')
 
 const { cloudFrontApi } = require('./moto')
 
@@ -350,6 +350,76 @@ async function waitForRedis (service, port) {
   }
 }
 
+// ---------------------------------------------------------------------------
+// TLS certificates (openssl)
+
+// openssl's own settings for the certificates below, so that no system openssl.cnf is read.
+const OPENSSL_CONFIG = `[req]
+distinguished_name = dn
+[dn]
+[authority]
+basicConstraints = critical, CA:TRUE
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+[server]
+basicConstraints = critical, CA:FALSE
+subjectAltName = IP:127.0.0.1
+extendedKeyUsage = serverAuth
+[client]
+basicConstraints = critical, CA:FALSE
+extendedKeyUsage = clientAuth
+`
+
+let certificates = null
+
+/**
+ * Test certificates, made with openssl once per process (P-256 keys, valid two days): an authority `ca`, the
+ * certificate of a server at 127.0.0.1 it signed, a client certificate it signed (`cert`, `key`), and `otherCa`, an
+ * authority that signed neither. PEM strings; `files` has the paths of each, for redis-server and the command line.
+ */
+function tlsCertificates () {
+  if (certificates) return certificates
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cf-invalidation-tracker-tls-'))
+  tempDirs.add(dir)
+  const file = (name) => path.join(dir, name)
+  fs.writeFileSync(file('openssl.cnf'), OPENSSL_CONFIG)
+  const openssl = (...args) => {
+    try {
+      execFileSync('openssl', args, { cwd: dir, stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, OPENSSL_CONF: file('openssl.cnf') } })
+    } catch (error) {
+      const hint = error.code === 'ENOENT' ? ` (openssl not found: ${INSTALL_HINT})` : ''
+      throw new Error(`openssl ${args[0]} failed${hint}: ${error.stderr ?? error.message}`)
+    }
+  }
+  const key = (name) => openssl('genpkey', '-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:P-256', '-out', `${name}.key`)
+  const authority = (name) => {
+    key(name)
+    openssl('req', '-x509', '-new', '-key', `${name}.key`, '-subj', `/CN=cf-invalidation-tracker test ${name}`,
+      '-days', '2', '-config', 'openssl.cnf', '-extensions', 'authority', '-out', `${name}.crt`)
+  }
+  const signed = (name) => {
+    key(name)
+    openssl('req', '-new', '-key', `${name}.key`, '-subj', `/CN=${name}`, '-config', 'openssl.cnf', '-out', `${name}.csr`)
+    openssl('x509', '-req', '-in', `${name}.csr`, '-CA', 'ca.crt', '-CAkey', 'ca.key', '-CAcreateserial', '-days', '2',
+      '-extfile', 'openssl.cnf', '-extensions', name, '-out', `${name}.crt`)
+  }
+  authority('ca')
+  authority('other-ca')
+  signed('server')
+  signed('client')
+  const files = {
+    ca: file('ca.crt'),
+    otherCa: file('other-ca.crt'),
+    serverCert: file('server.crt'),
+    serverKey: file('server.key'),
+    cert: file('client.crt'),
+    key: file('client.key')
+  }
+  const read = (f) => fs.readFileSync(f, 'utf8')
+  certificates = { ca: read(files.ca), otherCa: read(files.otherCa), cert: read(files.cert), key: read(files.key), files }
+  return certificates
+}
+
 async function launchRedis (port, dir, extraArgs) {
   fs.mkdirSync(dir, { recursive: true })
   const args = [
@@ -375,14 +445,28 @@ async function launchRedis (port, dir, extraArgs) {
 /**
  * Starts a redis-server on a free loopback port, without persistence, and
  * resolves once it answers PING.
- * @param {{ args?: string[] }} [options] extra redis-server arguments
- * @returns {Promise<{ port: number, host: string, url: string, client: ReturnType<typeof redisClient>,
+ * With `tls`, it also listens for TLS on a second loopback port (`tlsPort`,
+ * `tlsUrl`), with the server certificate of tlsCertificates();
+ * `tls.authClients` is redis-server's tls-auth-clients: 'yes' (a client
+ * certificate signed by its `ca` is required), 'optional' or 'no' (default).
+ * The plain port stays open for the test's own client.
+ * @param {{ args?: string[], tls?: { authClients?: 'yes' | 'optional' | 'no' } }} [options] extra redis-server
+ *   arguments, TLS
+ * @returns {Promise<{ port: number, host: string, url: string, tlsPort?: number, tlsUrl?: string,
+ *   client: ReturnType<typeof redisClient>,
  *   stop(options?: { signal?: string }): Promise<void>, restart(options?: { signal?: string }): Promise<void>,
  *   kill(): Promise<void>, pid: number, logs(): string }>}
  */
-async function startRedis ({ args = [] } = {}) {
+async function startRedis ({ args = [], tls } = {}) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cf-invalidation-tracker-redis-'))
   tempDirs.add(dir)
+  let tlsPort
+  if (tls) {
+    const { files } = tlsCertificates()
+    tlsPort = await freePort()
+    args = [...args, '--tls-port', String(tlsPort), '--tls-cert-file', files.serverCert, '--tls-key-file',
+      files.serverKey, '--tls-ca-cert-file', files.ca, '--tls-auth-clients', tls.authClients ?? 'no']
+  }
   let port
   let service
   let lastError
@@ -413,6 +497,7 @@ async function startRedis ({ args = [] } = {}) {
     port,
     host: HOST,
     url: `redis://${HOST}:${port}`,
+    ...(tls && { tlsPort, tlsUrl: `rediss://${HOST}:${tlsPort}` }),
     client,
     get pid () { return service.child.pid },
     logs: () => service.output(),
@@ -512,6 +597,7 @@ async function startMoto () {
 
 module.exports = {
   startRedis,
+  tlsCertificates,
   startMoto,
   freePort,
   redisClient,

@@ -5,6 +5,9 @@ import http = require('node:http')
 const invl = createTracker({ cf: { dist: 'E1' }, redis: { url: 'redis://127.0.0.1:6379', prefix: 'app' } })
 const memory: createTracker.Tracker = createTracker({ cf: { dist: 'E1' }, store: 'memory' })
 createTracker({ cf: { dist: 'E1' }, redis: { port: process.env.REDIS_PORT ?? 6379, hostname: '127.0.0.1' } })
+createTracker({ cf: { dist: 'E1' }, redis: { url: 'rediss://redis.internal:6380', tls: { ca: '-----BEGIN CERTIFICATE-----…' } } })
+createTracker({ cf: { dist: 'E1' }, redis: { host: 'redis.internal', port: 6380, tls: true } })
+createTracker({ cf: { dist: 'E1' }, redis: { url: 'rediss://r:6380', tls: { ca: [Buffer.from('')], cert: 'PEM', key: Buffer.from('') } } })
 const limit: number = createTracker.MAX_URL_LENGTH
 
 async function main (): Promise<void> {
@@ -43,6 +46,8 @@ createTracker({ cf: { dist: 'E1' }, store: new RedisLikeStore() })
 createTracker({ cf: { dist: 'E1' }, store: 'mongo://' })
 // @ts-expect-error the distribution is required
 createTracker({ cf: {}, store: 'memory://' })
+// @ts-expect-error a client certificate needs its key
+createTracker({ cf: { dist: 'E1' }, redis: { url: 'rediss://r:6380', tls: { cert: 'PEM' } } })
 // @ts-expect-error dryRun is a boolean
 void invl.sendInvalidation({ dryRun: 'true' })
 

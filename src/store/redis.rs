@@ -32,7 +32,7 @@ const READ_PAGE: isize = 10_000;
 const BILL_TTL_SECS: i64 = 40 * 86_400;
 
 /// Connection settings of a Redis store.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct RedisConfig {
     /// `redis://[user:pass@]host:port[/db]` or `rediss://…`.
     pub url: String,
@@ -42,6 +42,8 @@ pub struct RedisConfig {
     pub response_timeout: Duration,
     /// Connect timeout.
     pub connection_timeout: Duration,
+    /// Certificates of a `rediss://` connection, when not the public authorities alone.
+    pub tls: Option<RedisTls>,
 }
 
 impl RedisConfig {
@@ -52,8 +54,111 @@ impl RedisConfig {
             prefix: "cfit".into(),
             response_timeout: Duration::from_secs(5),
             connection_timeout: Duration::from_secs(2),
+            tls: None,
         }
     }
+}
+
+/// Never prints the URL's credentials nor any certificate or key.
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let url = match (self.url.find("://"), self.url.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                format!("{}***{}", &self.url[..scheme + 3], &self.url[at..])
+            }
+            _ => self.url.clone(),
+        };
+        f.debug_struct("RedisConfig")
+            .field("url", &url)
+            .field("prefix", &self.prefix)
+            .field("response_timeout", &self.response_timeout)
+            .field("connection_timeout", &self.connection_timeout)
+            .field("tls", &self.tls)
+            .finish()
+    }
+}
+
+/// The certificates of a TLS connection to Redis, in PEM.
+#[derive(Clone, Default)]
+pub struct RedisTls {
+    /// Certificate authorities to trust instead of the public ones.
+    pub ca: Option<Vec<u8>>,
+    /// A client certificate and its private key, for servers that ask for one (mutual TLS).
+    pub client: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for RedisTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let given = |set: bool| if set { "<given>" } else { "<none>" };
+        f.debug_struct("RedisTls")
+            .field("ca", &given(self.ca.is_some()))
+            .field("client", &given(self.client.is_some()))
+            .finish()
+    }
+}
+
+/// The client for `config`: its URL checked (an error never shows it, it may hold a password), and its certificates
+/// read when it has some.
+fn client_for(config: &RedisConfig) -> Result<redis::Client> {
+    let url = config.url.as_str();
+    let client = redis::Client::open(url).map_err(|e| {
+        Error::InvalidArgument(format!("redis: not a valid Redis URL ({:?})", e.kind()))
+    })?;
+    let Some(tls) = &config.tls else {
+        return Ok(client);
+    };
+    if !url.starts_with("rediss://") {
+        return Err(Error::InvalidArgument(
+            "redis.tls: certificates need a rediss:// URL".into(),
+        ));
+    }
+    if let Some(ca) = &tls.ca {
+        use rustls::pki_types::{pem::PemObject, CertificateDer};
+        if CertificateDer::pem_slice_iter(ca).next().is_none() {
+            return Err(Error::InvalidArgument(
+                "redis.tls: the ca has no certificate in it (-----BEGIN CERTIFICATE-----)".into(),
+            ));
+        }
+    }
+    let certificates = redis::TlsCertificates {
+        client_tls: tls
+            .client
+            .as_ref()
+            .map(|(cert, key)| redis::ClientTlsConfig {
+                client_cert: cert.clone(),
+                client_key: key.clone(),
+            }),
+        root_cert: tls.ca.clone(),
+    };
+    let client = redis::Client::build_with_tls(url, certificates).map_err(|e| {
+        Error::InvalidArgument(format!("redis.tls: the certificates cannot be used: {e}"))
+    })?;
+    if let Some((cert, key)) = &tls.client {
+        check_client_certificate(cert, key)?;
+    }
+    Ok(client)
+}
+
+/// Checks a client certificate and key as a connection will use them (the key is readable and belongs to the
+/// certificate), so that a wrong pair is refused up front, not at every connection attempt.
+fn check_client_certificate(cert: &[u8], key: &[u8]) -> Result<()> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let refused =
+        |why: String| Error::InvalidArgument(format!("redis.tls: the client certificate {why}"));
+    let chain = CertificateDer::pem_slice_iter(cert)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| refused(format!("cannot be read: {e}")))?;
+    if chain.is_empty() {
+        return Err(refused("has no certificate in it".into()));
+    }
+    let key = PrivateKeyDer::from_pem_slice(key)
+        .map_err(|e| refused(format!("key cannot be read: {e}")))?;
+    rustls::ClientConfig::builder()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_client_auth_cert(chain, key)
+        .map(|_| ())
+        .map_err(|e| refused(format!("and key cannot be used together: {e}")))
 }
 
 struct Keys {
@@ -317,9 +422,7 @@ struct Written {
 impl RedisStore {
     /// A store for this server and prefix. Opens no connection: the first call connects.
     pub fn new(config: RedisConfig) -> Result<Self> {
-        let client = redis::Client::open(config.url.as_str()).map_err(|e| {
-            Error::InvalidArgument(format!("redis: not a valid Redis URL ({:?})", e.kind()))
-        })?;
+        let client = client_for(&config)?;
         if config.prefix.is_empty() {
             return Err(Error::InvalidArgument(
                 "redis.prefix must not be empty".into(),
@@ -804,6 +907,33 @@ impl Store for RedisStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_output_shows_no_password_certificate_or_key() {
+        let mut config = RedisConfig::new("rediss://user:s3cret@redis.internal:6380/2");
+        config.tls = Some(RedisTls {
+            ca: Some(b"CA-PEM-TEXT".to_vec()),
+            client: Some((b"CERT-PEM-TEXT".to_vec(), b"KEY-PEM-TEXT".to_vec())),
+        });
+        let shown = format!("{config:?}");
+        assert!(
+            shown.contains("rediss://***@redis.internal:6380/2"),
+            "{shown}"
+        );
+        for secret in ["s3cret", "user", "CA-PEM", "CERT-PEM", "KEY-PEM"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(format!("{:?}", RedisConfig::new("redis://127.0.0.1:6379"))
+            .contains("redis://127.0.0.1:6379"));
+    }
+
+    #[test]
+    fn certificates_need_a_tls_url() {
+        let mut config = RedisConfig::new("redis://127.0.0.1:6379");
+        config.tls = Some(RedisTls::default());
+        let err = RedisStore::new(config).err().expect("refused");
+        assert!(err.to_string().contains("rediss://"), "{err}");
+    }
 
     #[test]
     fn keys_stay_under_the_hash_tagged_prefix() {
