@@ -49,6 +49,8 @@ declare namespace createTracker {
          * `true` trusts the public certificate authorities; an object gives certificates.
          */
         tls?: boolean | RedisTlsOptions
+        /** A Redis Cluster: `true` (the server named is one of its nodes), or URLs of nodes to learn it from. */
+        cluster?: boolean | string[]
       }
 
   /** Where log lines go. */

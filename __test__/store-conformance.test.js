@@ -7,21 +7,25 @@
 const { describe, it, before, after } = require('node:test')
 const assert = require('node:assert/strict')
 const { startEnv, sleep } = require('./helpers/env')
+const { startRedisCluster } = require('./helpers/services')
 const { SyncStore, PromiseStore, CallbackStore } = require('./helpers/stores')
 
 let env
+let cluster
 let n = 0
 
 const kinds = {
   memory: () => ({ store: 'memory://' }),
   redis: () => ({ redis: { url: env.redis.url, prefix: `conf${++n}` } }),
+  // Prefixes fall on the three nodes' slots alike; the tracker is given one node, or all of them.
+  'redis cluster': () => ({ redis: n % 2 ? { url: cluster.urls[n % 3], cluster: true, prefix: `conf${++n}` } : { cluster: cluster.urls, prefix: `conf${++n}` } }),
   'js sync': () => ({ store: new SyncStore() }),
   'js promise': () => ({ store: new PromiseStore() }),
   'js callback (original style)': () => ({ store: new CallbackStore() })
 }
 
-before(async () => { env = await startEnv() })
-after(async () => { await env.close() })
+before(async () => { [env, cluster] = await Promise.all([startEnv(), startRedisCluster()]) })
+after(async () => { await Promise.allSettled([env?.close(), cluster?.stop()]) })
 
 for (const [kind, storeOptions] of Object.entries(kinds)) {
   describe(`store: ${kind}`, () => {

@@ -27,6 +27,7 @@ Options:
   --dist <id>              CloudFront distribution id            [CF_DIST]
   --redis <url>            Redis URL of the URL store            [REDIS_URL, REDISTOGO_URL]
   --prefix <prefix>        Redis key prefix (default: cfit)
+  --redis-cluster          The Redis URL is a node of a Redis Cluster  [REDIS_CLUSTER=1]
   --redis-ca <file>        PEM authorities a rediss:// Redis is checked against,
                            instead of the public ones            [REDIS_TLS_CA_FILE]
   --redis-cert <file>      PEM client certificate for Redis (with --redis-key)  [REDIS_TLS_CERT_FILE]
@@ -50,6 +51,7 @@ const OPTIONS = {
   dist: { type: 'string' },
   redis: { type: 'string' },
   prefix: { type: 'string' },
+  'redis-cluster': { type: 'boolean' },
   'redis-ca': { type: 'string' },
   'redis-cert': { type: 'string' },
   'redis-key': { type: 'string' },
@@ -91,6 +93,14 @@ class UsageError extends Error {
 
 function nonEmpty (v) {
   return typeof v === 'string' && v.trim() !== '' ? v.trim() : undefined
+}
+
+/** A yes/no environment variable: 1, true or yes; 0, false, no or empty; anything else is a usage error. */
+function envFlag (env, name) {
+  const v = (env[name] ?? '').trim().toLowerCase()
+  if (['1', 'true', 'yes'].includes(v)) return true
+  if (['', '0', 'false', 'no'].includes(v)) return false
+  throw new UsageError(`${name} must be 1 or 0, got ${JSON.stringify(env[name])}`)
 }
 
 function integer (values, name, min, max) {
@@ -223,6 +233,7 @@ function parseCli (argv, env) {
     if (!redisUrl) throw new UsageError('no store: set REDIS_URL (or REDISTOGO_URL) or pass --redis')
     options.redis = { url: redisUrl }
     if (values.prefix !== undefined) options.redis.prefix = values.prefix
+    if (values['redis-cluster'] === true || envFlag(env, 'REDIS_CLUSTER')) options.redis.cluster = true
     tlsFiles = redisTlsFiles(env, values)
   } else {
     options.store = 'memory://'

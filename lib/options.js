@@ -128,6 +128,28 @@ function parseRedisTls (tls) {
   return fields
 }
 
+/** True when `redis` names a server itself (`url`, `REDIS_URL`, `host`, `hostname` or `port`). */
+function namesANode (redis) {
+  return ['url', 'REDIS_URL', 'host', 'hostname', 'port'].some((k) => redis[k] !== undefined && redis[k] !== null)
+}
+
+/**
+ * `redis.cluster`: true (the server `redis` names is a node of a Redis Cluster), or the URLs of nodes to learn the
+ * cluster from (with the one `redis` names, if any). Returns undefined for no cluster, else the URLs (maybe none).
+ */
+function parseRedisCluster (redis) {
+  const { cluster } = redis
+  if (cluster === undefined || cluster === null || cluster === false) return undefined
+  if (cluster === true) return []
+  const expected = 'true or an array of redis:// URLs of its nodes'
+  if (!Array.isArray(cluster) || cluster.length === 0) throw argType('options.redis.cluster', expected, cluster)
+  return cluster.map((url, i) => {
+    if (typeof url !== 'string') throw argType(`options.redis.cluster[${i}]`, 'a redis:// or rediss:// URL', url)
+    if (!/^rediss?:\/\/./.test(url)) throw argValue(`options.redis.cluster[${i}]`, 'must be a redis:// or rediss:// URL', url)
+    return url
+  })
+}
+
 function parseLogger (logger) {
   if (logger === undefined || logger === null || logger === true) return console
   if (logger === false) return null
@@ -169,9 +191,19 @@ function parseOptions (options, env = process.env) {
     native.redisUrl = redisUrl(redis, env)
     if (isObject(redis)) {
       native.redisPrefix = optString(redis, 'prefix', 'options.redis')
+      const nodes = parseRedisCluster(redis)
+      if (nodes !== undefined) {
+        native.redisCluster = true
+        if (nodes.length > 0) {
+          if (!namesANode(redis)) native.redisUrl = nodes.shift()
+          native.redisClusterNodes = nodes
+        }
+      }
       const tls = parseRedisTls(redis.tls)
       if (tls !== undefined) {
-        native.redisUrl = native.redisUrl.replace(/^redis:/, 'rediss:')
+        const secure = (url) => url.replace(/^redis:/, 'rediss:')
+        native.redisUrl = secure(native.redisUrl)
+        if (native.redisClusterNodes) native.redisClusterNodes = native.redisClusterNodes.map(secure)
         for (const [k, v] of Object.entries(tls)) if (v !== undefined) native[k] = v
       }
     }

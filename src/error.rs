@@ -19,7 +19,7 @@ pub enum Error {
     InvalidUrl(#[from] PathError),
 
     /// The Redis store failed (connection, timeout or command error).
-    #[error("Redis store: {0}")]
+    #[error("Redis store: {0}{hint}", hint = redis_hint(.0))]
     Redis(#[source] Arc<redis::RedisError>),
 
     /// A custom store method threw, rejected, called back an error or answered the wrong type.
@@ -81,5 +81,16 @@ impl Error {
 impl From<redis::RedisError> for Error {
     fn from(e: redis::RedisError) -> Self {
         Error::Redis(Arc::new(e))
+    }
+}
+
+/// What to do about a Redis error that has one answer.
+fn redis_hint(e: &redis::RedisError) -> &'static str {
+    use redis::{ErrorKind, ServerErrorKind};
+    match e.kind() {
+        ErrorKind::Server(ServerErrorKind::Moved | ServerErrorKind::Ask) => {
+            " (this server is a node of a Redis Cluster: set redis.cluster, or --redis-cluster)"
+        }
+        _ => "",
     }
 }

@@ -83,6 +83,10 @@ pub struct NativeOptions {
     pub redis_url: Option<String>,
     /// Redis key prefix.
     pub redis_prefix: Option<String>,
+    /// The Redis server is a node of a Redis Cluster.
+    pub redis_cluster: Option<bool>,
+    /// More nodes of that cluster to learn it from.
+    pub redis_cluster_nodes: Option<Vec<String>>,
     /// PEM: certificate authorities a `rediss://` connection trusts instead of the public ones.
     pub redis_tls_ca: Option<String>,
     /// PEM: client certificate of a `rediss://` connection (with `redis_tls_key`).
@@ -280,6 +284,8 @@ fn build(
             if let Some(prefix) = opts.redis_prefix {
                 cfg.prefix = prefix;
             }
+            cfg.cluster = opts.redis_cluster.unwrap_or(false);
+            cfg.cluster_nodes = opts.redis_cluster_nodes.unwrap_or_default();
             let client = match (opts.redis_tls_cert, opts.redis_tls_key) {
                 (Some(cert), Some(key)) => Some((cert.into_bytes(), key.into_bytes())),
                 (None, None) => None,

@@ -364,7 +364,8 @@ subjectKeyIdentifier = hash
 [server]
 basicConstraints = critical, CA:FALSE
 subjectAltName = IP:127.0.0.1
-extendedKeyUsage = serverAuth
+# clientAuth too: the nodes of a cluster over TLS present it to each other
+extendedKeyUsage = serverAuth, clientAuth
 [client]
 basicConstraints = critical, CA:FALSE
 extendedKeyUsage = clientAuth
@@ -530,6 +531,70 @@ async function startRedis ({ args = [], tls } = {}) {
 }
 
 // ---------------------------------------------------------------------------
+// Redis Cluster
+
+const SLOTS = 16384
+
+/**
+ * Starts a Redis Cluster of `masters` redis-servers on free loopback ports (no replicas), each serving an equal
+ * range of the 16,384 slots, and resolves once every node reports the cluster ok and knows every slot's node.
+ * With `tls`, the nodes also listen for TLS (see startRedis) and speak TLS among themselves; the cluster then tells
+ * clients the TLS ports (`tlsUrls`).
+ * `nodeFor(key)` is the node that serves a key (its raw client reads what the tracker wrote there).
+ * @param {{ masters?: number }} [options]
+ */
+async function startRedisCluster ({ masters = 3, tls = false } = {}) {
+  const args = ['--cluster-enabled', 'yes', '--cluster-node-timeout', '3000', '--cluster-config-file', 'nodes.conf']
+  if (tls) args.push('--tls-cluster', 'yes')
+  // The cluster bus on a port of its own (else the client port + 10000, which nobody checked was free).
+  const busPorts = []
+  for (let i = 0; i < masters; i++) busPorts.push(await freePort())
+  const nodes = await Promise.all(busPorts.map((bus) =>
+    startRedis({ args: [...args, '--cluster-port', String(bus)], tls: tls ? {} : undefined })))
+  const stop = () => Promise.allSettled(nodes.map((n) => n.stop()))
+  try {
+    await Promise.all(nodes.map((node, i) => {
+      const first = Math.floor((SLOTS * i) / masters)
+      const last = Math.floor((SLOTS * (i + 1)) / masters) - 1
+      return node.client.command('CLUSTER', 'ADDSLOTSRANGE', first, last)
+    }))
+    const first = nodes[0]
+    for (const node of nodes.slice(1)) await node.client.command('CLUSTER', 'MEET', HOST, tls ? first.tlsPort : first.port, busPorts[0])
+    const deadline = Date.now() + REDIS_START_TIMEOUT_MS
+    for (;;) {
+      const states = await Promise.all(nodes.map(async (n) => {
+        const info = await n.client.command('CLUSTER', 'INFO')
+        const slots = await n.client.command('CLUSTER', 'SLOTS')
+        return /cluster_state:ok/.test(info) && slots.length === masters
+      }))
+      if (states.every(Boolean)) break
+      if (Date.now() > deadline) throw new Error(`the Redis Cluster was not ok within ${REDIS_START_TIMEOUT_MS} ms`)
+      await sleep(100)
+    }
+  } catch (error) {
+    await stop()
+    throw error
+  }
+  const ranges = nodes.map((node, i) => [Math.floor((SLOTS * i) / masters), Math.floor((SLOTS * (i + 1)) / masters) - 1, node])
+  return {
+    nodes,
+    urls: nodes.map((n) => n.url),
+    tlsUrls: tls ? nodes.map((n) => n.tlsUrl) : undefined,
+    /** The node that serves `key`'s slot. */
+    async nodeFor (key) {
+      const slot = await nodes[0].client.command('CLUSTER', 'KEYSLOT', key)
+      return ranges.find(([first, last]) => slot >= first && slot <= last)[2]
+    },
+    /** A node that does not serve `key`'s slot. */
+    async nodeNotFor (key) {
+      const serving = await this.nodeFor(key)
+      return nodes.find((n) => n !== serving)
+    },
+    stop
+  }
+}
+
+// ---------------------------------------------------------------------------
 // moto_server
 
 /**
@@ -597,6 +662,7 @@ async function startMoto () {
 
 module.exports = {
   startRedis,
+  startRedisCluster,
   tlsCertificates,
   startMoto,
   freePort,

@@ -7,6 +7,8 @@ const memory: createTracker.Tracker = createTracker({ cf: { dist: 'E1' }, store:
 createTracker({ cf: { dist: 'E1' }, redis: { port: process.env.REDIS_PORT ?? 6379, hostname: '127.0.0.1' } })
 createTracker({ cf: { dist: 'E1' }, redis: { url: 'rediss://redis.internal:6380', tls: { ca: '-----BEGIN CERTIFICATE-----…' } } })
 createTracker({ cf: { dist: 'E1' }, redis: { host: 'redis.internal', port: 6380, tls: true } })
+createTracker({ cf: { dist: 'E1' }, redis: { cluster: ['redis://node-1:6379', 'redis://node-2:6379'], prefix: 'app' } })
+createTracker({ cf: { dist: 'E1' }, redis: { url: 'rediss://config.cache.amazonaws.com:6379', cluster: true } })
 createTracker({ cf: { dist: 'E1' }, redis: { url: 'rediss://r:6380', tls: { ca: [Buffer.from('')], cert: 'PEM', key: Buffer.from('') } } })
 const limit: number = createTracker.MAX_URL_LENGTH
 
@@ -48,6 +50,8 @@ createTracker({ cf: { dist: 'E1' }, store: 'mongo://' })
 createTracker({ cf: {}, store: 'memory://' })
 // @ts-expect-error a client certificate needs its key
 createTracker({ cf: { dist: 'E1' }, redis: { url: 'rediss://r:6380', tls: { cert: 'PEM' } } })
+// @ts-expect-error cluster nodes are URLs
+createTracker({ cf: { dist: 'E1' }, redis: { cluster: [{ host: 'node-1', port: 6379 }] } })
 // @ts-expect-error dryRun is a boolean
 void invl.sendInvalidation({ dryRun: 'true' })
 

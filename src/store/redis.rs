@@ -16,8 +16,8 @@ use super::{
 };
 use crate::error::{Error, Result};
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{AsyncCommands, Script};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, IntoConnectionInfo, Script};
 use std::collections::{BTreeSet, HashSet};
 use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
@@ -44,6 +44,11 @@ pub struct RedisConfig {
     pub connection_timeout: Duration,
     /// Certificates of a `rediss://` connection, when not the public authorities alone.
     pub tls: Option<RedisTls>,
+    /// A Redis Cluster: `url` and `cluster_nodes` are nodes to learn it from; each command goes to the node that
+    /// serves its key's slot.
+    pub cluster: bool,
+    /// More nodes of the cluster to learn it from, should the first be down.
+    pub cluster_nodes: Vec<String>,
 }
 
 impl RedisConfig {
@@ -55,6 +60,8 @@ impl RedisConfig {
             response_timeout: Duration::from_secs(5),
             connection_timeout: Duration::from_secs(2),
             tls: None,
+            cluster: false,
+            cluster_nodes: Vec::new(),
         }
     }
 }
@@ -62,19 +69,30 @@ impl RedisConfig {
 /// Never prints the URL's credentials nor any certificate or key.
 impl std::fmt::Debug for RedisConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let url = match (self.url.find("://"), self.url.rfind('@')) {
-            (Some(scheme), Some(at)) if at > scheme => {
-                format!("{}***{}", &self.url[..scheme + 3], &self.url[at..])
-            }
-            _ => self.url.clone(),
-        };
+        let nodes: Vec<String> = self
+            .cluster_nodes
+            .iter()
+            .map(|u| without_credentials(u))
+            .collect();
         f.debug_struct("RedisConfig")
-            .field("url", &url)
+            .field("url", &without_credentials(&self.url))
             .field("prefix", &self.prefix)
             .field("response_timeout", &self.response_timeout)
             .field("connection_timeout", &self.connection_timeout)
             .field("tls", &self.tls)
+            .field("cluster", &self.cluster)
+            .field("cluster_nodes", &nodes)
             .finish()
+    }
+}
+
+/// `url` with its `user:password@` shown as `***@`.
+fn without_credentials(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_string(),
     }
 }
 
@@ -97,21 +115,105 @@ impl std::fmt::Debug for RedisTls {
     }
 }
 
-/// The client for `config`: its URL checked (an error never shows it, it may hold a password), and its certificates
-/// read when it has some.
-fn client_for(config: &RedisConfig) -> Result<redis::Client> {
-    let url = config.url.as_str();
-    let client = redis::Client::open(url).map_err(|e| {
-        Error::InvalidArgument(format!("redis: not a valid Redis URL ({:?})", e.kind()))
-    })?;
-    let Some(tls) = &config.tls else {
-        return Ok(client);
+/// The client of a single server or of a cluster.
+#[allow(clippy::large_enum_variant)] // one per store
+enum Client {
+    Single(redis::Client),
+    Cluster(redis::cluster::ClusterClient),
+}
+
+/// A connection to a single server or to a cluster; over a cluster, each command goes to the node that serves its
+/// key's slot (every key of a store shares one slot, so a script or a pipeline goes to one node).
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(
+        &'a mut self,
+        cmd: &'a redis::Cmd,
+    ) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// The client for `config`: its URLs checked (an error never shows one, it may hold a password), and its
+/// certificates read when it has some.
+fn client_for(config: &RedisConfig) -> Result<Client> {
+    let urls: Vec<&str> = std::iter::once(config.url.as_str())
+        .chain(config.cluster_nodes.iter().map(String::as_str))
+        .collect();
+    let mut infos = Vec::with_capacity(urls.len());
+    for url in &urls {
+        infos.push(url.into_connection_info().map_err(|e| {
+            Error::InvalidArgument(format!("redis: not a valid Redis URL ({:?})", e.kind()))
+        })?);
+    }
+    let tls = match &config.tls {
+        None => None,
+        Some(tls) => {
+            if let Some(url) = urls.iter().find(|u| !u.starts_with("rediss://")) {
+                let url = without_credentials(url);
+                return Err(Error::InvalidArgument(format!(
+                    "redis.tls: certificates need rediss:// URLs, not {url}"
+                )));
+            }
+            Some(certificates(tls)?)
+        }
     };
-    if !url.starts_with("rediss://") {
+    if !config.cluster {
+        let client = match tls {
+            None => redis::Client::open(config.url.as_str()),
+            Some(certificates) => redis::Client::build_with_tls(config.url.as_str(), certificates),
+        };
+        return client.map(Client::Single).map_err(|e| {
+            Error::InvalidArgument(format!("redis.tls: the certificates cannot be used: {e}"))
+        });
+    }
+    if infos.iter().any(|i| i.redis_settings().db() != 0) {
         return Err(Error::InvalidArgument(
-            "redis.tls: certificates need a rediss:// URL".into(),
+            "redis.cluster: a cluster has only database 0 (no /<db> in its URLs)".into(),
         ));
     }
+    let mut builder = redis::cluster::ClusterClientBuilder::new(infos)
+        .connection_timeout(config.connection_timeout)
+        .response_timeout(config.response_timeout);
+    if let Some(certificates) = tls {
+        builder = builder.certs(certificates);
+    }
+    builder.build().map(Client::Cluster).map_err(|e| {
+        Error::InvalidArgument(format!(
+            "redis.cluster: the cluster's settings cannot be used: {e}"
+        ))
+    })
+}
+
+/// The certificates of `tls`, checked as a connection will use them.
+fn certificates(tls: &RedisTls) -> Result<redis::TlsCertificates> {
     if let Some(ca) = &tls.ca {
         use rustls::pki_types::{pem::PemObject, CertificateDer};
         if CertificateDer::pem_slice_iter(ca).next().is_none() {
@@ -120,7 +222,10 @@ fn client_for(config: &RedisConfig) -> Result<redis::Client> {
             ));
         }
     }
-    let certificates = redis::TlsCertificates {
+    if let Some((cert, key)) = &tls.client {
+        check_client_certificate(cert, key)?;
+    }
+    Ok(redis::TlsCertificates {
         client_tls: tls
             .client
             .as_ref()
@@ -129,14 +234,7 @@ fn client_for(config: &RedisConfig) -> Result<redis::Client> {
                 client_key: key.clone(),
             }),
         root_cert: tls.ca.clone(),
-    };
-    let client = redis::Client::build_with_tls(url, certificates).map_err(|e| {
-        Error::InvalidArgument(format!("redis.tls: the certificates cannot be used: {e}"))
-    })?;
-    if let Some((cert, key)) = &tls.client {
-        check_client_certificate(cert, key)?;
-    }
-    Ok(client)
+    })
 }
 
 /// Checks a client certificate and key as a connection will use them (the key is readable and belongs to the
@@ -153,7 +251,7 @@ fn check_client_certificate(cert: &[u8], key: &[u8]) -> Result<()> {
         return Err(refused("has no certificate in it".into()));
     }
     let key = PrivateKeyDer::from_pem_slice(key)
-        .map_err(|e| refused(format!("key cannot be read: {e}")))?;
+        .map_err(|e| refused(format!("'s private key cannot be read: {e}")))?;
     rustls::ClientConfig::builder()
         .with_root_certificates(rustls::RootCertStore::empty())
         .with_client_auth_cert(chain, key)
@@ -364,10 +462,10 @@ return 0
 
 /// Tracked URLs in Redis, shared by every process that uses the same server and prefix.
 pub struct RedisStore {
-    client: redis::Client,
+    client: Client,
     config: RedisConfig,
     keys: Keys,
-    manager: Mutex<Option<ConnectionManager>>,
+    conn: Mutex<Option<Conn>>,
     known: Mutex<Known>,
 }
 
@@ -432,28 +530,41 @@ impl RedisStore {
             keys: Keys::new(&config.prefix),
             client,
             config,
-            manager: Mutex::new(None),
+            conn: Mutex::new(None),
             known: Mutex::new(Known::default()),
         })
     }
 
-    fn conn(&self) -> Result<ConnectionManager> {
-        let mut slot = self
-            .manager
+    fn lock_conn(&self) -> std::sync::MutexGuard<'_, Option<Conn>> {
+        self.conn
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(m) = slot.as_ref() {
-            return Ok(m.clone());
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// The connection, made on first use (and after `disconnect`). A single server's reconnects by itself; a
+    /// cluster's is made once the cluster answers (a failure leaves it to the next call), then follows the cluster's
+    /// changes by itself.
+    async fn conn(&self) -> Result<Conn> {
+        if let Some(conn) = self.lock_conn().as_ref() {
+            return Ok(conn.clone());
         }
-        let cfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.config.connection_timeout))
-            .set_response_timeout(Some(self.config.response_timeout))
-            .set_number_of_retries(2)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500));
-        let manager = ConnectionManager::new_lazy_with_config(self.client.clone(), cfg)?;
-        *slot = Some(manager.clone());
-        Ok(manager)
+        let conn = match &self.client {
+            Client::Single(client) => {
+                let cfg = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(self.config.connection_timeout))
+                    .set_response_timeout(Some(self.config.response_timeout))
+                    .set_number_of_retries(2)
+                    .set_min_delay(Duration::from_millis(50))
+                    .set_max_delay(Duration::from_millis(500));
+                Conn::Single(ConnectionManager::new_lazy_with_config(
+                    client.clone(),
+                    cfg,
+                )?)
+            }
+            Client::Cluster(client) => Conn::Cluster(client.get_async_connection().await?),
+        };
+        // Of two calls that connected at once, the first to get here is kept.
+        Ok(self.lock_conn().get_or_insert(conn).clone())
     }
 
     fn lock_known(&self) -> std::sync::MutexGuard<'_, Known> {
@@ -469,7 +580,7 @@ impl RedisStore {
         max_tracked: usize,
         expected: &str,
     ) -> Result<Written> {
-        let con = self.conn()?;
+        let con = self.conn().await?;
         let now = now_ms().to_string();
         let start = new_generation().to_string();
         let chunks: Vec<&[&Entry]> = if entries.is_empty() {
@@ -544,7 +655,7 @@ impl RedisStore {
         Ok(outcome)
     }
 
-    async fn read_zset(&self, con: &mut ConnectionManager, key: &str) -> Result<Vec<String>> {
+    async fn read_zset(&self, con: &mut Conn, key: &str) -> Result<Vec<String>> {
         let mut out = Vec::new();
         let mut start = 0isize;
         loop {
@@ -558,7 +669,7 @@ impl RedisStore {
         }
     }
 
-    async fn read_plan(&self, con: &mut ConnectionManager, id: &str) -> Result<Vec<PlannedBatch>> {
+    async fn read_plan(&self, con: &mut Conn, id: &str) -> Result<Vec<PlannedBatch>> {
         let key = self.keys.claim(id, "plan");
         let mut plan = Vec::new();
         let mut start = 0isize;
@@ -575,12 +686,7 @@ impl RedisStore {
         }
     }
 
-    async fn read_claim(
-        &self,
-        con: &mut ConnectionManager,
-        id: &str,
-        resumed: bool,
-    ) -> Result<Claim> {
+    async fn read_claim(&self, con: &mut Conn, id: &str, resumed: bool) -> Result<Claim> {
         let urls = self.read_zset(con, &self.keys.claim(id, "urls")).await?;
         let overflow: Vec<String> = con.smembers(self.keys.claim(id, "overflow")).await?;
         let plan = self.read_plan(con, id).await?;
@@ -683,7 +789,7 @@ impl Store for RedisStore {
     }
 
     async fn put_overflow(&self, wildcards: &[String]) -> Result<()> {
-        let mut con = self.conn()?;
+        let mut con = self.conn().await?;
         for chunk in wildcards.chunks(PUT_CHUNK) {
             let mut inv = PUT_OVERFLOW.prepare_invoke();
             inv.key(&self.keys.overflow).arg(MAX_OVERFLOW_WILDCARDS);
@@ -696,7 +802,7 @@ impl Store for RedisStore {
     }
 
     async fn set_expiry(&self, path: &str, expires_at: Option<u64>) -> Result<()> {
-        let mut con = self.conn()?;
+        let mut con = self.conn().await?;
         SET_EXPIRY
             .key(&self.keys.urls)
             .key(&self.keys.gen)
@@ -711,7 +817,7 @@ impl Store for RedisStore {
         if paths.is_empty() {
             return Ok(());
         }
-        let mut con = self.conn()?;
+        let mut con = self.conn().await?;
         for chunk in paths.chunks(PUT_CHUNK) {
             REMOVE
                 .key(&self.keys.urls)
@@ -724,7 +830,7 @@ impl Store for RedisStore {
     }
 
     async fn list(&self) -> Result<Listing> {
-        let mut con = self.conn()?;
+        let mut con = self.conn().await?;
         let now = now_ms();
         let tracked: Vec<String> = con
             .zrangebyscore(&self.keys.urls, format!("({now}"), "+inf")
@@ -748,7 +854,7 @@ impl Store for RedisStore {
     }
 
     async fn claim(&self, lease_ms: u64) -> Result<Vec<Claim>> {
-        let mut con = self.conn()?;
+        let mut con = self.conn().await?;
         let id = new_claim_id();
         let (stale, made): (Vec<String>, i64) = CLAIM
             .key(&self.keys.urls)
@@ -777,7 +883,7 @@ impl Store for RedisStore {
         claim_id: &str,
         plan: Vec<PlannedBatch>,
     ) -> Result<Vec<PlannedBatch>> {
-        let mut con = self.conn()?;
+        let mut con = self.conn().await?;
         // Written in chunks under a draft key of our own, then made the plan in one step: a large plan never travels
         // as one command, and of two senders saving a plan for one claim the first wins.
         let draft = self
@@ -815,7 +921,7 @@ impl Store for RedisStore {
         batch: &PlannedBatch,
         billed: usize,
     ) -> Result<()> {
-        let mut con = self.conn()?;
+        let mut con = self.conn().await?;
         let mut inv = BATCH_DONE.prepare_invoke();
         inv.key(&self.keys.claims)
             .key(self.keys.claim(claim_id, "done"))
@@ -833,7 +939,7 @@ impl Store for RedisStore {
     }
 
     async fn renew(&self, claim_id: &str, lease_ms: u64) -> Result<()> {
-        let mut con = self.conn()?;
+        let mut con = self.conn().await?;
         RENEW
             .key(&self.keys.claims)
             .arg(claim_id)
@@ -844,7 +950,7 @@ impl Store for RedisStore {
     }
 
     async fn release(&self, claim_id: &str) -> Result<()> {
-        let mut con = self.conn()?;
+        let mut con = self.conn().await?;
         // Score 0: the lease has run out, the next send resumes it.
         redis::cmd("ZADD")
             .arg(&self.keys.claims)
@@ -857,7 +963,7 @@ impl Store for RedisStore {
     }
 
     async fn give_back(&self, claim_id: &str) -> Result<()> {
-        let mut con = self.conn()?;
+        let mut con = self.conn().await?;
         GIVE_BACK
             .key(&self.keys.claims)
             .key(&self.keys.urls)
@@ -874,7 +980,7 @@ impl Store for RedisStore {
     }
 
     async fn finish(&self, claim_id: &str) -> Result<()> {
-        let mut con = self.conn()?;
+        let mut con = self.conn().await?;
         redis::pipe()
             .atomic()
             .zrem(&self.keys.claims, claim_id)
@@ -890,16 +996,13 @@ impl Store for RedisStore {
     }
 
     async fn billed_this_month(&self) -> Result<u64> {
-        let mut con = self.conn()?;
+        let mut con = self.conn().await?;
         let n: Option<u64> = con.get(self.keys.billed(&month_key(now_ms()))).await?;
         Ok(n.unwrap_or(0))
     }
 
     async fn disconnect(&self) -> Result<()> {
-        self.manager
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .take();
+        self.lock_conn().take();
         Ok(())
     }
 }

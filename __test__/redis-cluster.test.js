@@ -1,0 +1,180 @@
+'use strict'
+
+// The Redis store on a real Redis Cluster: three redis-servers on loopback ports, each serving a third of the slots;
+// moto as CloudFront. (The store conformance suite runs on this cluster too.)
+
+const { test, describe, before, after } = require('node:test')
+const assert = require('node:assert/strict')
+const path = require('node:path')
+
+const createTracker = require('..')
+const { startRedisCluster, startMoto, useAwsTestEnv, awsTestEnv, freePort, tlsCertificates } = require('./helpers/services')
+const { noUnhandledRejections, sleep } = require('./helpers/env')
+const { runNode } = require('./helpers/run')
+
+const BIN = path.join(__dirname, '..', 'bin', 'cf-invalidation-tracker.js')
+
+describe('Redis Cluster', () => {
+  let cluster
+  let moto
+  let restoreEnv
+  before(async () => {
+    restoreEnv = useAwsTestEnv()
+    ;[cluster, moto] = await Promise.all([startRedisCluster(), startMoto()])
+  })
+  after(async () => {
+    await Promise.allSettled([cluster?.stop(), moto?.stop()])
+    restoreEnv?.()
+  })
+
+  const tracker = (dist, redis) => createTracker({ cf: { dist, endpoint: moto.endpoint }, redis, logger: false })
+  async function received (dist) {
+    return (await moto.allInvalidatedPaths(dist)).flatMap((i) => i.paths).sort()
+  }
+
+  test('given a node that does not serve its keys: without redis.cluster the write fails saying so; with it, URLs reach the node that serves them and a send invalidates them',
+    async () => {
+      const { id: dist } = await moto.createDistribution({ originDomain: 'origin.example.com' })
+      const other = await cluster.nodeNotFor('{c1}:urls')
+      const serving = await cluster.nodeFor('{c1}:urls')
+
+      const plain = tracker(dist, { url: other.url, prefix: 'c1' })
+      await noUnhandledRejections(async () => {
+        await assert.rejects(plain.storeUrl('/a.html'), (err) => {
+          assert.equal(err.code, 'ERR_CFIT_REDIS')
+          assert.match(err.message, /Moved.*set redis\.cluster/)
+          return true
+        })
+        await plain.disconnect().catch(() => {})
+      })
+
+      const invl = tracker(dist, { url: other.url, cluster: true, prefix: 'c1' })
+      try {
+        await Promise.all(['/a.html', '/b.css', '/c.js'].map((u) => invl.storeUrl(u)))
+        await invl.storeUrl('/short.html', 60)
+        assert.deepEqual((await serving.client.command('ZRANGE', '{c1}:urls', 0, -1)).sort(), ['/a.html', '/b.css', '/c.js', '/short.html'])
+        const report = await invl.sendInvalidation()
+        assert.equal(report.paths, 4)
+        assert.deepEqual(await received(dist), ['/a.html', '/b.css', '/c.js', '/short.html'])
+        assert.deepEqual(await invl.listUrls(), [])
+        assert.equal(report.billedThisMonth, 4)
+        assert.equal(await serving.client.command('GET', `{c1}:billed:${new Date().toISOString().slice(0, 7)}`), '4')
+      } finally {
+        await invl.disconnect()
+      }
+    })
+
+  test('nodes to learn the cluster from: one that is down is passed over for the next', async () => {
+    const down = `redis://127.0.0.1:${await freePort()}`
+    const invl = tracker('E1', { cluster: [down, cluster.urls[1]], prefix: 'c2' })
+    try {
+      await invl.storeUrl('/learned.html')
+      const serving = await cluster.nodeFor('{c2}:urls')
+      assert.deepEqual(await serving.client.command('ZRANGE', '{c2}:urls', 0, -1), ['/learned.html'])
+    } finally {
+      await invl.disconnect()
+    }
+  })
+
+  test('no node answers: the write fails with the reason, nothing is unhandled, and the next call tries again', async () => {
+    const down = `redis://127.0.0.1:${await freePort()}`
+    const invl = createTracker({ cf: { dist: 'E1', endpoint: moto.endpoint }, redis: { url: down, cluster: true }, logger: false })
+    await noUnhandledRejections(async () => {
+      for (let attempt = 0; attempt < 2; attempt++) {
+        await assert.rejects(invl.listUrls(), (err) => {
+          assert.equal(err.code, 'ERR_CFIT_REDIS')
+          assert.match(err.message, /connect|refused|nodes/i)
+          return true
+        })
+      }
+      await invl.disconnect().catch(() => {})
+    })
+  })
+
+  test('the node serving the keys crashes and comes back: URLs served meanwhile are written once it is back', async () => {
+    const invl = tracker('E1', { cluster: cluster.urls, prefix: 'c3' })
+    const serving = await cluster.nodeFor('{c3}:urls')
+    try {
+      await invl.storeUrl('/before.html')
+      await serving.kill()
+      const during = invl.storeUrl('/during.html')
+      during.catch(() => {}) // the writer retries it; its window may fail first
+      await sleep(1000)
+      await serving.restart() // the same port and cluster identity, and empty: it persists nothing
+      let urls = []
+      for (let attempt = 0; attempt < 40 && !urls.includes('/during.html'); attempt++) {
+        await invl.flush().catch(() => {})
+        urls = await invl.listUrls().catch(() => [])
+        if (!urls.includes('/during.html')) await sleep(250)
+      }
+      assert.deepEqual(urls, ['/during.html'])
+    } finally {
+      await invl.disconnect()
+    }
+  })
+
+  test('a cluster over TLS: every node is checked against the authority given, and URLs reach the node that serves them',
+    async () => {
+      const secure = await startRedisCluster({ tls: true })
+      const certs = tlsCertificates()
+      try {
+        const invl = tracker('E1', { url: secure.tlsUrls[0], cluster: true, tls: { ca: certs.ca }, prefix: 'c5' })
+        try {
+          await invl.storeUrl('/secure.html')
+          const serving = await secure.nodeFor('{c5}:urls')
+          assert.deepEqual(await serving.client.command('ZRANGE', '{c5}:urls', 0, -1), ['/secure.html'])
+        } finally {
+          await invl.disconnect()
+        }
+        const untrusted = tracker('E1', { cluster: secure.tlsUrls, tls: { ca: certs.otherCa }, prefix: 'c5' })
+        await noUnhandledRejections(async () => {
+          await assert.rejects(untrusted.storeUrl('/untrusted.html'), (err) => {
+            assert.equal(err.code, 'ERR_CFIT_REDIS')
+            assert.match(err.message, /UnknownIssuer/)
+            return true
+          })
+          await untrusted.disconnect().catch(() => {})
+        })
+      } finally {
+        await secure.stop()
+      }
+    })
+
+  test('bad cluster options are refused when the tracker is made', () => {
+    const refusals = [
+      [{ cluster: 'yes' }, 'ERR_INVALID_ARG_TYPE', /options\.redis\.cluster/],
+      [{ cluster: [] }, 'ERR_INVALID_ARG_TYPE', /options\.redis\.cluster/],
+      [{ cluster: [42] }, 'ERR_INVALID_ARG_TYPE', /options\.redis\.cluster\[0\]/],
+      [{ cluster: ['http://127.0.0.1:1'] }, 'ERR_INVALID_ARG_VALUE', /options\.redis\.cluster\[0\].*redis:\/\//],
+      [{ url: 'redis://127.0.0.1:1/2', cluster: true }, 'ERR_INVALID_ARG_VALUE', /only database 0/],
+      [{ cluster: ['redis://127.0.0.1:1', 'rediss://127.0.0.1:2'], tls: { ca: '-----BEGIN CERTIFICATE-----\nAA==\n-----END CERTIFICATE-----\n' } },
+        'ERR_INVALID_ARG_VALUE', /redis\.cluster: .*trust anchors/]
+    ]
+    for (const [redis, code, message] of refusals) {
+      assert.throws(() => tracker('E1', redis), (err) => {
+        assert.equal(err.code, code, `${JSON.stringify(redis).slice(0, 80)}: ${err.message}`)
+        assert.match(err.message, message)
+        return true
+      })
+    }
+  })
+
+  test('the command line: --redis-cluster or REDIS_CLUSTER=1', async () => {
+    const other = await cluster.nodeNotFor('{c4}:urls')
+    const env = { ...awsTestEnv, REDIS_URL: other.url, CF_DIST: 'E1' }
+    const track = await runNode(BIN, ['track', '/cli.html', '--redis-cluster', '--prefix', 'c4'], { env })
+    assert.equal(track.code, 0, track.stderr)
+    const list = await runNode(BIN, ['list', '--prefix', 'c4'], { env: { ...env, REDIS_CLUSTER: '1' } })
+    assert.equal(list.code, 0, list.stderr)
+    assert.equal(list.stdout, '/cli.html\n')
+    const serving = await cluster.nodeFor('{c4}:urls')
+    assert.deepEqual(await serving.client.command('ZRANGE', '{c4}:urls', 0, -1), ['/cli.html'])
+
+    const plain = await runNode(BIN, ['list', '--prefix', 'c4'], { env })
+    assert.equal(plain.code, 1)
+    assert.match(plain.stderr, /set redis\.cluster/)
+    const bad = await runNode(BIN, ['list'], { env: { ...env, REDIS_CLUSTER: 'maybe' } })
+    assert.equal(bad.code, 2)
+    assert.match(bad.stderr, /REDIS_CLUSTER must be 1 or 0/)
+  })
+})
