@@ -46,11 +46,17 @@ declare namespace createTracker {
         prefix?: string
         /**
          * TLS, as with a `rediss://` URL (a `redis://` URL or `port` and `hostname` are then connected to over TLS):
-         * `true` trusts the public certificate authorities; an object gives certificates.
+         * `true` trusts the public certificate authorities; an object gives certificates. `false` leaves it to the
+         * URL's scheme.
          */
         tls?: boolean | RedisTlsOptions
         /** A Redis Cluster: `true` (the server named is one of its nodes), or URLs of nodes to learn it from. */
         cluster?: boolean | string[]
+        /**
+         * The master Redis Sentinel names: `name` as the Sentinels monitor it, `nodes` the Sentinels' URLs (their own
+         * credentials in them), `db` its database. `password` is then the master's; give no `url`, host or port.
+         */
+        sentinel?: { name: string; nodes: string[]; db?: number }
       }
 
   /** Where log lines go. */

@@ -76,6 +76,36 @@ describe('Redis Cluster', () => {
     }
   })
 
+  test('a password for every node: redis.password goes to each URL without credentials of its own', async () => {
+    const locked = await startRedisCluster({ password: 'cluster s3cret' })
+    try {
+      const forms = [
+        { cluster: locked.urls, password: 'cluster s3cret', prefix: 'c6' },
+        { hostname: '127.0.0.1', port: locked.nodes[2].port, cluster: [locked.urls[0]], password: 'cluster s3cret', prefix: 'c6' }
+      ]
+      for (const [i, form] of forms.entries()) {
+        const invl = tracker('E1', form)
+        try {
+          await invl.storeUrl(`/locked-${i}.html`)
+        } finally {
+          await invl.disconnect()
+        }
+      }
+      const serving = await locked.nodeFor('{c6}:urls')
+      assert.deepEqual(await serving.client.command('ZRANGE', '{c6}:urls', 0, -1), ['/locked-0.html', '/locked-1.html'])
+
+      const wrong = tracker('E1', { cluster: locked.urls, password: 'not it', prefix: 'c6' })
+      await assert.rejects(wrong.storeUrl('/refused.html'), (err) => {
+        assert.equal(err.code, 'ERR_CFIT_REDIS')
+        assert.ok(!err.message.includes('not it'), err.message)
+        return true
+      })
+      await wrong.disconnect().catch(() => {})
+    } finally {
+      await locked.stop()
+    }
+  })
+
   test('no node answers: the write fails with the reason, nothing is unhandled, and the next call tries again', async () => {
     const down = `redis://127.0.0.1:${await freePort()}`
     const invl = createTracker({ cf: { dist: 'E1', endpoint: moto.endpoint }, redis: { url: down, cluster: true }, logger: false })

@@ -130,7 +130,9 @@ describe('Redis over TLS', () => {
       [{ tls: { ca: [] } }, 'ERR_INVALID_ARG_VALUE', /options\.redis\.tls\.ca.*PEM/],
       [{ tls: { key: certs.key } }, 'ERR_INVALID_ARG_TYPE', /both cert and key.*key but no cert/],
       [{ tls: { cert: certs.cert } }, 'ERR_INVALID_ARG_TYPE', /both cert and key.*cert but no key/],
-      [{ tls: { ca: '-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n' } }, 'ERR_INVALID_ARG_VALUE', /root certificate/],
+      [{ tls: { ca: '-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n' } }, 'ERR_INVALID_ARG_VALUE', /the ca cannot be read: a section is not base64/],
+      // A key from an environment variable with its line breaks written as \n: one line, a malformed BEGIN line.
+      [{ tls: { cert: certs.cert, key: certs.key.split('\n').join('\\n') } }, 'ERR_INVALID_ARG_VALUE', /private key cannot be read: a BEGIN line is malformed/],
       [{ tls: { ca: certs.key } }, 'ERR_INVALID_ARG_VALUE', /ca has no certificate/],
       [{ tls: { cert: certs.key, key: certs.key } }, 'ERR_INVALID_ARG_VALUE', /client certificate has no certificate/],
       [{ tls: { cert: certs.cert, key: certs.cert } }, 'ERR_INVALID_ARG_VALUE', /private key/],
@@ -144,6 +146,7 @@ describe('Redis over TLS', () => {
         assert.equal(err.code, code, `${JSON.stringify(options).slice(0, 80)}: ${err.message}`)
         assert.match(err.message, message)
         for (const line of keyLines) assert.ok(!err.message.includes(line.slice(0, 16)), `key shown: ${err.message}`)
+        assert.ok(err.message.length < 200 && !/\d+, \d+, \d+/.test(err.message), `PEM bytes shown: ${err.message}`)
         return true
       })
     }

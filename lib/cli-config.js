@@ -28,6 +28,8 @@ Options:
   --redis <url>            Redis URL of the URL store            [REDIS_URL, REDISTOGO_URL]
   --prefix <prefix>        Redis key prefix (default: cfit)
   --redis-cluster          The Redis URL is a node of a Redis Cluster  [REDIS_CLUSTER=1]
+  --redis-sentinel <name>  The store is the master Redis Sentinel knows as <name>; the Redis URL is
+                           then the Sentinels' (comma-separated)  [REDIS_SENTINEL]
   --redis-ca <file>        PEM authorities a rediss:// Redis is checked against,
                            instead of the public ones            [REDIS_TLS_CA_FILE]
   --redis-cert <file>      PEM client certificate for Redis (with --redis-key)  [REDIS_TLS_CERT_FILE]
@@ -52,6 +54,7 @@ const OPTIONS = {
   redis: { type: 'string' },
   prefix: { type: 'string' },
   'redis-cluster': { type: 'boolean' },
+  'redis-sentinel': { type: 'string' },
   'redis-ca': { type: 'string' },
   'redis-cert': { type: 'string' },
   'redis-key': { type: 'string' },
@@ -162,14 +165,16 @@ function redisTlsFiles (env, flags = {}) {
 
 /**
  * Strings that must never be printed: AWS keys and session tokens (real ones are long; shorter values are not
- * masked, so that a dummy key such as 'test' cannot blank out paths), and the password of the Redis URL.
+ * masked, so that a dummy key such as 'test' cannot blank out paths), the passwords of the Redis URLs, and
+ * REDIS_PASSWORD (a Sentinel's master's).
  */
 function secretsOf (env, redisUrl) {
   const aws = [env.AWS_SECRET_KEY, env.AWS_ACCESS_KEY, env.AWS_SECRET_ACCESS_KEY, env.AWS_ACCESS_KEY_ID, env.AWS_SESSION_TOKEN]
   const secrets = aws.filter((s) => typeof s === 'string' && s.length >= 8)
-  if (redisUrl) {
+  if (nonEmpty(env.REDIS_PASSWORD)) secrets.push(env.REDIS_PASSWORD)
+  for (const url of (redisUrl ?? '').split(',')) {
     try {
-      const { password } = new URL(redisUrl)
+      const { password } = new URL(url.trim())
       if (password) secrets.push(password, decodeURIComponent(password))
     } catch {
       // Not a URL: the tracker refuses it, with a message that redact() still cleans.
@@ -231,7 +236,11 @@ function parseCli (argv, env) {
   let tlsFiles
   if (spec.store) {
     if (!redisUrl) throw new UsageError('no store: set REDIS_URL (or REDISTOGO_URL) or pass --redis')
-    options.redis = { url: redisUrl }
+    const sentinel = nonEmpty(values['redis-sentinel']) ?? nonEmpty(env.REDIS_SENTINEL)
+    options.redis = sentinel
+      ? { sentinel: { name: sentinel, nodes: redisUrl.split(',').map((u) => u.trim()).filter(Boolean) } }
+      : { url: redisUrl }
+    if (sentinel && nonEmpty(env.REDIS_PASSWORD)) options.redis.password = env.REDIS_PASSWORD
     if (values.prefix !== undefined) options.redis.prefix = values.prefix
     if (values['redis-cluster'] === true || envFlag(env, 'REDIS_CLUSTER')) options.redis.cluster = true
     tlsFiles = redisTlsFiles(env, values)

@@ -141,13 +141,36 @@ function parseRedisCluster (redis) {
   const { cluster } = redis
   if (cluster === undefined || cluster === null || cluster === false) return undefined
   if (cluster === true) return []
-  const expected = 'true or an array of redis:// URLs of its nodes'
-  if (!Array.isArray(cluster) || cluster.length === 0) throw argType('options.redis.cluster', expected, cluster)
-  return cluster.map((url, i) => {
-    if (typeof url !== 'string') throw argType(`options.redis.cluster[${i}]`, 'a redis:// or rediss:// URL', url)
-    if (!/^rediss?:\/\/./.test(url)) throw argValue(`options.redis.cluster[${i}]`, 'must be a redis:// or rediss:// URL', url)
+  return redisUrls(cluster, 'options.redis.cluster', 'true or an array of redis:// URLs of its nodes')
+}
+
+/** A non-empty array of redis:// or rediss:// URLs. */
+function redisUrls (urls, name, expected) {
+  if (!Array.isArray(urls) || urls.length === 0) throw argType(name, expected, urls)
+  return urls.map((url, i) => {
+    if (typeof url !== 'string') throw argType(`${name}[${i}]`, 'a redis:// or rediss:// URL', url)
+    if (!/^rediss?:\/\/./.test(url)) throw argValue(`${name}[${i}]`, 'must be a redis:// or rediss:// URL', url)
     return url
   })
+}
+
+/**
+ * `redis.sentinel`: `{ name, nodes, db }`, the master the Sentinels at `nodes` (URLs) know as `name`, and its database
+ * (default 0); `redis.password` is the master's. Returns undefined for none.
+ */
+function parseRedisSentinel (redis) {
+  const { sentinel } = redis
+  if (sentinel === undefined || sentinel === null || sentinel === false) return undefined
+  const where = 'options.redis.sentinel'
+  if (!isObject(sentinel)) throw argType(where, 'an object with name and nodes', sentinel)
+  const name = optString(sentinel, 'name', where)
+  if (!name) throw argType(`${where}.name`, "the master's name", sentinel.name)
+  const nodes = redisUrls(sentinel.nodes, `${where}.nodes`, 'an array of redis:// URLs of Sentinels')
+  const db = sentinel.db ?? 0
+  if (!Number.isInteger(db) || db < 0) throw argType(`${where}.db`, 'a database number', sentinel.db)
+  if (namesANode(redis)) throw argValue(where, 'names the master: give no url, host or port with it', sentinel)
+  if (redis.cluster) throw argValue(where, 'names one master, not a cluster: give sentinel or cluster', sentinel)
+  return { name, nodes, db }
 }
 
 function parseLogger (logger) {
@@ -191,12 +214,22 @@ function parseOptions (options, env = process.env) {
     native.redisUrl = redisUrl(redis, env)
     if (isObject(redis)) {
       native.redisPrefix = optString(redis, 'prefix', 'options.redis')
+      const sentinel = parseRedisSentinel(redis)
+      if (sentinel !== undefined) {
+        const auth = redis.password ? `:${encodeURIComponent(redis.password)}@` : ''
+        native.redisUrl = `redis://${auth}sentinel-master/${sentinel.db}` // the master's credentials and database
+        native.redisSentinelName = sentinel.name
+        native.redisSentinelNodes = sentinel.nodes
+      }
       const nodes = parseRedisCluster(redis)
       if (nodes !== undefined) {
         native.redisCluster = true
         if (nodes.length > 0) {
-          if (!namesANode(redis)) native.redisUrl = nodes.shift()
-          native.redisClusterNodes = nodes
+          // redis.password is every node's, unless a URL has credentials of its own.
+          const auth = redis.password ? `:${encodeURIComponent(redis.password)}@` : ''
+          const given = nodes.map((url) => /^rediss?:\/\/[^/]*@/.test(url) ? url : url.replace(/^(rediss?:\/\/)/, `$1${auth}`))
+          if (!namesANode(redis)) native.redisUrl = given.shift()
+          native.redisClusterNodes = given
         }
       }
       const tls = parseRedisTls(redis.tls)
@@ -204,6 +237,7 @@ function parseOptions (options, env = process.env) {
         const secure = (url) => url.replace(/^redis:/, 'rediss:')
         native.redisUrl = secure(native.redisUrl)
         if (native.redisClusterNodes) native.redisClusterNodes = native.redisClusterNodes.map(secure)
+        if (native.redisSentinelNodes) native.redisSentinelNodes = native.redisSentinelNodes.map(secure)
         for (const [k, v] of Object.entries(tls)) if (v !== undefined) native[k] = v
       }
     }

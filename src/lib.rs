@@ -18,7 +18,7 @@ use crate::paths::{PathRules, QueryStrings};
 use crate::send::{Log, SendConfig, SendOptions, SendReport};
 use crate::store::js::{Dispatch, JsStore};
 use crate::store::memory::MemoryStore;
-use crate::store::redis::{RedisConfig, RedisStore, RedisTls};
+use crate::store::redis::{RedisConfig, RedisSentinel, RedisStore, RedisTls};
 use crate::store::Store;
 use crate::tracker::{Tracker, TrackerConfig, DEFAULT_FLUSH_INTERVAL, REMOVE};
 use futures::FutureExt;
@@ -87,6 +87,10 @@ pub struct NativeOptions {
     pub redis_cluster: Option<bool>,
     /// More nodes of that cluster to learn it from.
     pub redis_cluster_nodes: Option<Vec<String>>,
+    /// The master's name, for a master that Redis Sentinel names.
+    pub redis_sentinel_name: Option<String>,
+    /// The Sentinels' URLs.
+    pub redis_sentinel_nodes: Option<Vec<String>>,
     /// PEM: certificate authorities a `rediss://` connection trusts instead of the public ones.
     pub redis_tls_ca: Option<String>,
     /// PEM: client certificate of a `rediss://` connection (with `redis_tls_key`).
@@ -286,6 +290,12 @@ fn build(
             }
             cfg.cluster = opts.redis_cluster.unwrap_or(false);
             cfg.cluster_nodes = opts.redis_cluster_nodes.unwrap_or_default();
+            if let Some(name) = opts.redis_sentinel_name {
+                cfg.sentinel = Some(RedisSentinel {
+                    name,
+                    nodes: opts.redis_sentinel_nodes.unwrap_or_default(),
+                });
+            }
             let client = match (opts.redis_tls_cert, opts.redis_tls_key) {
                 (Some(cert), Some(key)) => Some((cert.into_bytes(), key.into_bytes())),
                 (None, None) => None,

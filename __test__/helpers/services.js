@@ -250,9 +250,10 @@ function parseReply (buffer, offset) {
 /**
  * A raw Redis client on `port`: `command(...args)` resolves with the reply
  * (string, number, null, array; an error reply rejects with RedisReplyError).
- * It connects on first use and again after the connection drops.
+ * It connects on first use and again after the connection drops, and
+ * authenticates with `password` when given.
  */
-function redisClient (port) {
+function redisClient (port, { password } = {}) {
   let socket = null
   let buffer = Buffer.alloc(0)
   let pending = []
@@ -298,6 +299,12 @@ function redisClient (port) {
     }
     s.on('error', drop)
     s.on('close', () => drop())
+    if (password !== undefined) {
+      // AUTH first; a refusal fails the commands queued behind it.
+      const timer = setTimeout(() => s.destroy(new Error('Redis AUTH timed out')), REDIS_COMMAND_TIMEOUT_MS)
+      pending.push({ resolve () {}, reject: (error) => s.destroy(error), timer })
+      s.write(encodeCommand(['AUTH', password]))
+    }
     return s
   }
 
@@ -330,8 +337,8 @@ function redisClient (port) {
 // ---------------------------------------------------------------------------
 // redis-server
 
-async function waitForRedis (service, port) {
-  const client = redisClient(port)
+async function waitForRedis (service, port, password) {
+  const client = redisClient(port, { password })
   const deadline = Date.now() + REDIS_START_TIMEOUT_MS
   try {
     while (Date.now() < deadline) {
@@ -421,7 +428,7 @@ function tlsCertificates () {
   return certificates
 }
 
-async function launchRedis (port, dir, extraArgs) {
+async function launchRedis (port, dir, extraArgs, password) {
   fs.mkdirSync(dir, { recursive: true })
   const args = [
     '--port', String(port),
@@ -435,7 +442,7 @@ async function launchRedis (port, dir, extraArgs) {
   ]
   const service = spawnService('redis-server', process.env.REDIS_SERVER || 'redis-server', args)
   try {
-    await waitForRedis(service, port)
+    await waitForRedis(service, port, password)
   } catch (error) {
     await stopService(service, { signal: 'SIGKILL' })
     throw error
@@ -450,15 +457,17 @@ async function launchRedis (port, dir, extraArgs) {
  * `tlsUrl`), with the server certificate of tlsCertificates();
  * `tls.authClients` is redis-server's tls-auth-clients: 'yes' (a client
  * certificate signed by its `ca` is required), 'optional' or 'no' (default).
- * The plain port stays open for the test's own client.
- * @param {{ args?: string[], tls?: { authClients?: 'yes' | 'optional' | 'no' } }} [options] extra redis-server
- *   arguments, TLS
+ * The plain port stays open for the test's own client. With `password`, it
+ * requires it (and its test client and a replica's link use it); `url`
+ * has no credentials.
+ * @param {{ args?: string[], tls?: { authClients?: 'yes' | 'optional' | 'no' }, password?: string }} [options]
+ *   extra redis-server arguments, TLS, a password
  * @returns {Promise<{ port: number, host: string, url: string, tlsPort?: number, tlsUrl?: string,
  *   client: ReturnType<typeof redisClient>,
  *   stop(options?: { signal?: string }): Promise<void>, restart(options?: { signal?: string }): Promise<void>,
  *   kill(): Promise<void>, pid: number, logs(): string }>}
  */
-async function startRedis ({ args = [], tls } = {}) {
+async function startRedis ({ args = [], tls, password } = {}) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cf-invalidation-tracker-redis-'))
   tempDirs.add(dir)
   let tlsPort
@@ -468,13 +477,14 @@ async function startRedis ({ args = [], tls } = {}) {
     args = [...args, '--tls-port', String(tlsPort), '--tls-cert-file', files.serverCert, '--tls-key-file',
       files.serverKey, '--tls-ca-cert-file', files.ca, '--tls-auth-clients', tls.authClients ?? 'no']
   }
+  if (password !== undefined) args = [...args, '--requirepass', password, '--masterauth', password]
   let port
   let service
   let lastError
   for (let attempt = 0; attempt < 3 && !service; attempt++) {
     port = await freePort()
     try {
-      service = await launchRedis(port, dir, args)
+      service = await launchRedis(port, dir, args, password)
     } catch (error) {
       lastError = error
       // Only a port taken in between is worth another port.
@@ -487,7 +497,7 @@ async function startRedis ({ args = [], tls } = {}) {
     throw lastError
   }
 
-  const client = redisClient(port)
+  const client = redisClient(port, { password })
 
   async function stopProcess (options) {
     client.close()
@@ -518,7 +528,7 @@ async function startRedis ({ args = [], tls } = {}) {
       // The port was just released; retry briefly should anything hold it.
       for (let attempt = 0; attempt < 5; attempt++) {
         try {
-          service = await launchRedis(port, dir, args)
+          service = await launchRedis(port, dir, args, password)
           return
         } catch (e) {
           error = e
@@ -539,18 +549,18 @@ const SLOTS = 16384
  * Starts a Redis Cluster of `masters` redis-servers on free loopback ports (no replicas), each serving an equal
  * range of the 16,384 slots, and resolves once every node reports the cluster ok and knows every slot's node.
  * With `tls`, the nodes also listen for TLS (see startRedis) and speak TLS among themselves; the cluster then tells
- * clients the TLS ports (`tlsUrls`).
+ * clients the TLS ports (`tlsUrls`). With `password`, every node requires it.
  * `nodeFor(key)` is the node that serves a key (its raw client reads what the tracker wrote there).
  * @param {{ masters?: number }} [options]
  */
-async function startRedisCluster ({ masters = 3, tls = false } = {}) {
+async function startRedisCluster ({ masters = 3, tls = false, password } = {}) {
   const args = ['--cluster-enabled', 'yes', '--cluster-node-timeout', '3000', '--cluster-config-file', 'nodes.conf']
   if (tls) args.push('--tls-cluster', 'yes')
   // The cluster bus on a port of its own (else the client port + 10000, which nobody checked was free).
   const busPorts = []
   for (let i = 0; i < masters; i++) busPorts.push(await freePort())
   const nodes = await Promise.all(busPorts.map((bus) =>
-    startRedis({ args: [...args, '--cluster-port', String(bus)], tls: tls ? {} : undefined })))
+    startRedis({ args: [...args, '--cluster-port', String(bus)], tls: tls ? {} : undefined, password })))
   const stop = () => Promise.allSettled(nodes.map((n) => n.stop()))
   try {
     await Promise.all(nodes.map((node, i) => {
@@ -589,6 +599,92 @@ async function startRedisCluster ({ masters = 3, tls = false } = {}) {
     async nodeNotFor (key) {
       const serving = await this.nodeFor(key)
       return nodes.find((n) => n !== serving)
+    },
+    stop
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Redis Sentinel
+
+/**
+ * Starts a master, a replica of it and a Sentinel watching them as `name` (quorum 1, the master deemed down after
+ * one second), all on free loopback ports; resolves once the replica is in sync and the Sentinel knows both.
+ * `master()` is the server that is master now, by the Sentinel; `failover()` has the Sentinel promote the replica
+ * (see there). `writableReplica` lets a test change the replica's data (to make it lack
+ * a write, as replication lag would).
+ * @param {{ name?: string, writableReplica?: boolean }} [options]
+ */
+async function startRedisSentinel ({ name = 'tracked', writableReplica = false } = {}) {
+  const first = await startRedis()
+  const replicaArgs = ['--replicaof', HOST, String(first.port)]
+  if (writableReplica) replicaArgs.push('--replica-read-only', 'no')
+  const second = await startRedis({ args: replicaArgs })
+  const servers = [first, second]
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cf-invalidation-tracker-sentinel-'))
+  tempDirs.add(dir)
+  const port = await freePort()
+  const config = path.join(dir, 'sentinel.conf')
+  fs.writeFileSync(config, [
+    `port ${port}`,
+    `bind ${HOST}`,
+    `dir ${dir}`,
+    `sentinel monitor ${name} ${HOST} ${first.port} 1`,
+    `sentinel down-after-milliseconds ${name} 1000`,
+    `sentinel failover-timeout ${name} 5000`,
+    ''
+  ].join('\n'))
+  const service = spawnService('redis-sentinel', process.env.REDIS_SERVER || 'redis-server', [config, '--sentinel'])
+  const client = redisClient(port)
+  const stop = async () => {
+    client.close()
+    await Promise.allSettled([stopService(service), ...servers.map((s) => s.stop())])
+  }
+  const masterPort = async () => Number((await client.command('SENTINEL', 'GET-MASTER-ADDR-BY-NAME', name))[1])
+  async function until (what, check) {
+    const deadline = Date.now() + REDIS_START_TIMEOUT_MS
+    for (;;) {
+      if (service.exited) throw service.failure('exited')
+      try {
+        if (await check()) return
+      } catch {
+        // Not answering yet.
+      }
+      if (Date.now() > deadline) throw service.failure(`did not see ${what} within ${REDIS_START_TIMEOUT_MS} ms`)
+      await sleep(100)
+    }
+  }
+  try {
+    await until('the replica in sync', async () => /master_link_status:up/.test(await second.client.command('INFO', 'replication')))
+    await until('the Sentinel knowing the replica', async () => (await client.command('SENTINEL', 'REPLICAS', name)).length === 1)
+  } catch (error) {
+    await stop()
+    throw error
+  }
+  return {
+    name,
+    port,
+    url: `redis://${HOST}:${port}`,
+    servers,
+    /** The server that is master now, by the Sentinel. */
+    async master () {
+      const p = await masterPort()
+      return servers.find((s) => s.port === p)
+    },
+    /**
+     * Has the Sentinel promote the replica; resolves with the new master once the Sentinel names it and the old
+     * master has become its replica (until then, the old master still takes writes, which its resync then drops:
+     * Redis replicates asynchronously). The old master is told so at once, as the Sentinel would at its next look
+     * (up to 10 s later).
+     */
+    async failover () {
+      const before = await this.master()
+      await client.command('SENTINEL', 'FAILOVER', name)
+      await until('a new master', async () => (await masterPort()) !== before.port)
+      const after = await this.master()
+      await before.client.command('REPLICAOF', HOST, after.port)
+      await until('the old master a replica', async () => (await before.client.command('ROLE'))[0] === 'slave')
+      return after
     },
     stop
   }
@@ -663,6 +759,7 @@ async function startMoto () {
 module.exports = {
   startRedis,
   startRedisCluster,
+  startRedisSentinel,
   tlsCertificates,
   startMoto,
   freePort,

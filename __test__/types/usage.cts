@@ -9,6 +9,7 @@ createTracker({ cf: { dist: 'E1' }, redis: { url: 'rediss://redis.internal:6380'
 createTracker({ cf: { dist: 'E1' }, redis: { host: 'redis.internal', port: 6380, tls: true } })
 createTracker({ cf: { dist: 'E1' }, redis: { cluster: ['redis://node-1:6379', 'redis://node-2:6379'], prefix: 'app' } })
 createTracker({ cf: { dist: 'E1' }, redis: { url: 'rediss://config.cache.amazonaws.com:6379', cluster: true } })
+createTracker({ cf: { dist: 'E1' }, redis: { sentinel: { name: 'cache', nodes: ['redis://sentinel-1:26379'], db: 2 }, password: 'p' } })
 createTracker({ cf: { dist: 'E1' }, redis: { url: 'rediss://r:6380', tls: { ca: [Buffer.from('')], cert: 'PEM', key: Buffer.from('') } } })
 const limit: number = createTracker.MAX_URL_LENGTH
 
@@ -52,6 +53,8 @@ createTracker({ cf: {}, store: 'memory://' })
 createTracker({ cf: { dist: 'E1' }, redis: { url: 'rediss://r:6380', tls: { cert: 'PEM' } } })
 // @ts-expect-error cluster nodes are URLs
 createTracker({ cf: { dist: 'E1' }, redis: { cluster: [{ host: 'node-1', port: 6379 }] } })
+// @ts-expect-error a Sentinel's master needs its name
+createTracker({ cf: { dist: 'E1' }, redis: { sentinel: { nodes: ['redis://sentinel-1:26379'] } } })
 // @ts-expect-error dryRun is a boolean
 void invl.sendInvalidation({ dryRun: 'true' })
 

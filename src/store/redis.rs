@@ -19,7 +19,8 @@ use async_trait::async_trait;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, IntoConnectionInfo, Script};
 use std::collections::{BTreeSet, HashSet};
-use std::sync::{LazyLock, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
 
 /// Entries written by one script call; calls run concurrently over the multiplexed connection.
@@ -49,6 +50,17 @@ pub struct RedisConfig {
     pub cluster: bool,
     /// More nodes of the cluster to learn it from, should the first be down.
     pub cluster_nodes: Vec<String>,
+    /// A master that Redis Sentinel names; `url` then gives only its scheme, credentials and database.
+    pub sentinel: Option<RedisSentinel>,
+}
+
+/// The Sentinels to ask for a master.
+#[derive(Clone)]
+pub struct RedisSentinel {
+    /// The master's name, as the Sentinels monitor it.
+    pub name: String,
+    /// `redis://[user:pass@]host:port` of Sentinels (`rediss://` for TLS), asked in turn.
+    pub nodes: Vec<String>,
 }
 
 impl RedisConfig {
@@ -62,6 +74,7 @@ impl RedisConfig {
             tls: None,
             cluster: false,
             cluster_nodes: Vec::new(),
+            sentinel: None,
         }
     }
 }
@@ -82,6 +95,14 @@ impl std::fmt::Debug for RedisConfig {
             .field("tls", &self.tls)
             .field("cluster", &self.cluster)
             .field("cluster_nodes", &nodes)
+            .field(
+                "sentinel",
+                &self.sentinel.as_ref().map(|s| {
+                    let nodes: Vec<String> =
+                        s.nodes.iter().map(|u| without_credentials(u)).collect();
+                    (s.name.clone(), nodes)
+                }),
+            )
             .finish()
     }
 }
@@ -115,11 +136,12 @@ impl std::fmt::Debug for RedisTls {
     }
 }
 
-/// The client of a single server or of a cluster.
+/// The client of a single server, of a cluster, or of the master Sentinels name.
 #[allow(clippy::large_enum_variant)] // one per store
 enum Client {
     Single(redis::Client),
     Cluster(redis::cluster::ClusterClient),
+    Sentinel(tokio::sync::Mutex<redis::sentinel::SentinelClient>),
 }
 
 /// A connection to a single server or to a cluster; over a cluster, each command goes to the node that serves its
@@ -128,6 +150,62 @@ enum Client {
 enum Conn {
     Single(ConnectionManager),
     Cluster(redis::cluster_async::ClusterConnection),
+    /// The master a Sentinel named, and whether it failed as a server that is no longer the master would (gone,
+    /// unreachable, or read-only now): then the next call asks the Sentinels again.
+    Sentinel(ConnectionManager, Arc<AtomicBool>),
+}
+
+impl Conn {
+    fn lost(&self) -> bool {
+        matches!(self, Conn::Sentinel(_, lost) if lost.load(Ordering::Relaxed))
+    }
+}
+
+/// True when a master named by a Sentinel failed as one that is no longer the master would.
+fn master_lost(e: &redis::RedisError) -> bool {
+    e.is_io_error()
+        || e.is_connection_refusal()
+        || e.is_connection_dropped()
+        || e.is_timeout()
+        || matches!(e.kind(), redis::ErrorKind::Server(kind) if demoted(kind))
+}
+
+/// True for the error replies of a server that is no longer a master (READONLY, MASTERDOWN).
+fn demoted(kind: redis::ServerErrorKind) -> bool {
+    matches!(
+        kind,
+        redis::ServerErrorKind::ReadOnly | redis::ServerErrorKind::MasterDown
+    )
+}
+
+/// Whether `reply` tells that a master named by a Sentinel is lost: a failure, or an error reply (which a command's
+/// caller turns into its error) that only a server no longer the master answers.
+trait Reply {
+    fn lost(&self) -> bool;
+}
+
+impl Reply for redis::Value {
+    fn lost(&self) -> bool {
+        matches!(self, redis::Value::ServerError(e) if e.kind().is_some_and(demoted))
+    }
+}
+
+impl Reply for Vec<redis::Value> {
+    fn lost(&self) -> bool {
+        self.iter().any(Reply::lost)
+    }
+}
+
+/// `result`, after marking a Sentinel's master lost when it tells so.
+fn watch<T: Reply>(lost: &AtomicBool, result: redis::RedisResult<T>) -> redis::RedisResult<T> {
+    let gone = match &result {
+        Ok(reply) => reply.lost(),
+        Err(e) => master_lost(e),
+    };
+    if gone {
+        lost.store(true, Ordering::Relaxed);
+    }
+    result
 }
 
 impl ConnectionLike for Conn {
@@ -138,6 +216,11 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.req_packed_command(cmd),
             Conn::Cluster(c) => c.req_packed_command(cmd),
+            Conn::Sentinel(c, lost) => {
+                let lost = lost.clone();
+                let reply = c.req_packed_command(cmd);
+                Box::pin(async move { watch(&lost, reply.await) })
+            }
         }
     }
 
@@ -150,12 +233,17 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
             Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Sentinel(c, lost) => {
+                let lost = lost.clone();
+                let replies = c.req_packed_commands(cmd, offset, count);
+                Box::pin(async move { watch(&lost, replies.await) })
+            }
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
-            Conn::Single(c) => c.get_db(),
+            Conn::Single(c) | Conn::Sentinel(c, _) => c.get_db(),
             Conn::Cluster(c) => c.get_db(),
         }
     }
@@ -164,8 +252,10 @@ impl ConnectionLike for Conn {
 /// The client for `config`: its URLs checked (an error never shows one, it may hold a password), and its
 /// certificates read when it has some.
 fn client_for(config: &RedisConfig) -> Result<Client> {
+    let sentinels = config.sentinel.iter().flat_map(|s| s.nodes.iter());
     let urls: Vec<&str> = std::iter::once(config.url.as_str())
         .chain(config.cluster_nodes.iter().map(String::as_str))
+        .chain(sentinels.map(String::as_str))
         .collect();
     let mut infos = Vec::with_capacity(urls.len());
     for url in &urls {
@@ -185,6 +275,9 @@ fn client_for(config: &RedisConfig) -> Result<Client> {
             Some(certificates(tls)?)
         }
     };
+    if let Some(sentinel) = &config.sentinel {
+        return sentinel_client(config, sentinel, &infos[0], tls);
+    }
     if !config.cluster {
         let client = match tls {
             None => redis::Client::open(config.url.as_str()),
@@ -212,11 +305,85 @@ fn client_for(config: &RedisConfig) -> Result<Client> {
     })
 }
 
+/// The client of the master `sentinel` names: `master` gives its scheme, credentials and database; each Sentinel's
+/// URL its own.
+fn sentinel_client(
+    config: &RedisConfig,
+    sentinel: &RedisSentinel,
+    master: &redis::ConnectionInfo,
+    tls: Option<redis::TlsCertificates>,
+) -> Result<Client> {
+    use redis::sentinel::{SentinelClientBuilder, SentinelServerType};
+    if config.cluster {
+        return Err(Error::InvalidArgument(
+            "redis: a Sentinel names one master, not a cluster (give sentinel or cluster)".into(),
+        ));
+    }
+    let mut nodes = Vec::with_capacity(sentinel.nodes.len());
+    for url in &sentinel.nodes {
+        nodes.push(url.as_str().into_connection_info().map_err(|e| {
+            Error::InvalidArgument(format!(
+                "redis.sentinel: not a valid Sentinel URL ({:?})",
+                e.kind()
+            ))
+        })?);
+    }
+    let Some(first) = nodes.first() else {
+        return Err(Error::InvalidArgument(
+            "redis.sentinel: no Sentinel to ask".into(),
+        ));
+    };
+    let refused = |e: redis::RedisError| Error::InvalidArgument(format!("redis.sentinel: {e}"));
+    let mut builder = SentinelClientBuilder::new(
+        nodes.iter().map(|n| n.addr().clone()),
+        &sentinel.name,
+        SentinelServerType::Master,
+    )
+    .map_err(refused)?;
+    let theirs = first.redis_settings();
+    if let Some(user) = theirs.username() {
+        builder = builder.set_client_to_sentinel_username(user);
+    }
+    if let Some(password) = theirs.password() {
+        builder = builder.set_client_to_sentinel_password(password);
+    }
+    let ours = master.redis_settings();
+    builder = builder.set_client_to_redis_db(ours.db());
+    if let Some(user) = ours.username() {
+        builder = builder.set_client_to_redis_username(user);
+    }
+    if let Some(password) = ours.password() {
+        builder = builder.set_client_to_redis_password(password);
+    }
+    if sentinel.nodes.iter().any(|u| u.starts_with("rediss://")) {
+        builder = builder.set_client_to_sentinel_tls_mode(redis::TlsMode::Secure);
+        if let Some(certificates) = &tls {
+            builder = builder.set_client_to_sentinel_certificates(certificates.clone());
+        }
+    }
+    if config.url.starts_with("rediss://") {
+        builder = builder.set_client_to_redis_tls_mode(redis::TlsMode::Secure);
+        if let Some(certificates) = tls {
+            builder = builder.set_client_to_redis_certificates(certificates);
+        }
+    }
+    let client = builder.build().map_err(refused)?;
+    Ok(Client::Sentinel(tokio::sync::Mutex::new(client)))
+}
+
 /// The certificates of `tls`, checked as a connection will use them.
 fn certificates(tls: &RedisTls) -> Result<redis::TlsCertificates> {
     if let Some(ca) = &tls.ca {
         use rustls::pki_types::{pem::PemObject, CertificateDer};
-        if CertificateDer::pem_slice_iter(ca).next().is_none() {
+        let certs = CertificateDer::pem_slice_iter(ca)
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| {
+                Error::InvalidArgument(format!(
+                    "redis.tls: the ca cannot be read: {}",
+                    pem_error(&e)
+                ))
+            })?;
+        if certs.is_empty() {
             return Err(Error::InvalidArgument(
                 "redis.tls: the ca has no certificate in it (-----BEGIN CERTIFICATE-----)".into(),
             ));
@@ -237,6 +404,20 @@ fn certificates(tls: &RedisTls) -> Result<redis::TlsCertificates> {
     })
 }
 
+/// What is wrong with a PEM text, in words that never quote it (it may be a private key).
+fn pem_error(e: &rustls::pki_types::pem::Error) -> &'static str {
+    use rustls::pki_types::pem::Error as Pem;
+    match e {
+        Pem::MissingSectionEnd { .. } => "a section has no END line",
+        Pem::IllegalSectionStart { .. } => {
+            "a BEGIN line is malformed (line breaks written as \\n?)"
+        }
+        Pem::Base64Decode(_) => "a section is not base64",
+        Pem::NoItemsFound => "no PEM section of the right kind in it",
+        _ => "not PEM",
+    }
+}
+
 /// Checks a client certificate and key as a connection will use them (the key is readable and belongs to the
 /// certificate), so that a wrong pair is refused up front, not at every connection attempt.
 fn check_client_certificate(cert: &[u8], key: &[u8]) -> Result<()> {
@@ -246,12 +427,16 @@ fn check_client_certificate(cert: &[u8], key: &[u8]) -> Result<()> {
         |why: String| Error::InvalidArgument(format!("redis.tls: the client certificate {why}"));
     let chain = CertificateDer::pem_slice_iter(cert)
         .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| refused(format!("cannot be read: {e}")))?;
+        .map_err(|e| refused(format!("cannot be read: {}", pem_error(&e))))?;
     if chain.is_empty() {
         return Err(refused("has no certificate in it".into()));
     }
-    let key = PrivateKeyDer::from_pem_slice(key)
-        .map_err(|e| refused(format!("'s private key cannot be read: {e}")))?;
+    let key = PrivateKeyDer::from_pem_slice(key).map_err(|e| {
+        Error::InvalidArgument(format!(
+            "redis.tls: the client certificate's private key cannot be read: {}",
+            pem_error(&e)
+        ))
+    })?;
     rustls::ClientConfig::builder()
         .with_root_certificates(rustls::RootCertStore::empty())
         .with_client_auth_cert(chain, key)
@@ -267,9 +452,18 @@ struct Keys {
     base: String,
 }
 
+/// True when Redis Cluster hashes keys that start with `prefix` by a tag in it: its first `{` is followed, later, by
+/// a `}` with something between.
+fn has_hash_tag(prefix: &str) -> bool {
+    prefix
+        .find('{')
+        .and_then(|open| prefix[open + 1..].find('}'))
+        .is_some_and(|len| len > 0)
+}
+
 impl Keys {
     fn new(prefix: &str) -> Self {
-        let base = if prefix.contains('{') && prefix.contains('}') {
+        let base = if has_hash_tag(prefix) {
             prefix.to_owned()
         } else {
             format!("{{{prefix}}}")
@@ -300,15 +494,20 @@ impl Keys {
 // {generation, 1}: the writer sends everything again. Otherwise each path is tracked (or its expiry updated) while
 // fewer than `max` are tracked, in a few variadic ZADDs when all fit, and the answer is {generation, 0, paths that did
 // not fit…}.
+// The generation a writer sees is the counter and this server's replication id: a replica promoted to master (a
+// failover) has a new one, and may lack the last writes the old master acknowledged, so its writers send everything
+// again too.
 static PUT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local now, max = ARGV[1], tonumber(ARGV[2])
 local gen = redis.call('GET', KEYS[2])
 if not gen then gen = ARGV[4]; redis.call('SET', KEYS[2], gen) end
-if ARGV[3] ~= '' and ARGV[3] ~= gen then return {gen, 1} end
+local replid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)') or ''
+local function id(g) return g .. '@' .. replid end
+if ARGV[3] ~= '' and ARGV[3] ~= id(gen) then return {id(gen), 1} end
 if ARGV[3] ~= '' and redis.call('EXISTS', KEYS[1]) == 0 then
-  return {tostring(redis.call('INCR', KEYS[2])), 1}
+  return {id(tostring(redis.call('INCR', KEYS[2]))), 1}
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 if ARGV[5] == '1' then
@@ -324,9 +523,9 @@ if n + (#ARGV - 5) / 2 <= max then
   for i = 6, #ARGV, 1000 do
     redis.call('ZADD', KEYS[1], unpack(ARGV, i, math.min(i + 999, #ARGV)))
   end
-  return {gen, 0}
+  return {id(gen), 0}
 end
-local out = {gen, 0}
+local out = {id(gen), 0}
 for i = 6, #ARGV, 2 do
   local path = ARGV[i + 1]
   if n < max or redis.call('ZSCORE', KEYS[1], path) then
@@ -545,26 +744,33 @@ impl RedisStore {
     /// cluster's is made once the cluster answers (a failure leaves it to the next call), then follows the cluster's
     /// changes by itself.
     async fn conn(&self) -> Result<Conn> {
-        if let Some(conn) = self.lock_conn().as_ref() {
+        if let Some(conn) = self.lock_conn().as_ref().filter(|c| !c.lost()) {
             return Ok(conn.clone());
         }
+        let cfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.config.connection_timeout))
+            .set_response_timeout(Some(self.config.response_timeout))
+            .set_number_of_retries(2)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(500));
         let conn = match &self.client {
-            Client::Single(client) => {
-                let cfg = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(self.config.connection_timeout))
-                    .set_response_timeout(Some(self.config.response_timeout))
-                    .set_number_of_retries(2)
-                    .set_min_delay(Duration::from_millis(50))
-                    .set_max_delay(Duration::from_millis(500));
-                Conn::Single(ConnectionManager::new_lazy_with_config(
-                    client.clone(),
-                    cfg,
-                )?)
-            }
+            Client::Single(client) => Conn::Single(ConnectionManager::new_lazy_with_config(
+                client.clone(),
+                cfg,
+            )?),
             Client::Cluster(client) => Conn::Cluster(client.get_async_connection().await?),
+            Client::Sentinel(sentinel) => {
+                let master = sentinel.lock().await.async_get_client().await?;
+                let manager = ConnectionManager::new_lazy_with_config(master, cfg)?;
+                Conn::Sentinel(manager, Arc::new(AtomicBool::new(false)))
+            }
         };
         // Of two calls that connected at once, the first to get here is kept.
-        Ok(self.lock_conn().get_or_insert(conn).clone())
+        let mut slot = self.lock_conn();
+        match slot.as_ref().filter(|c| !c.lost()) {
+            Some(kept) => Ok(kept.clone()),
+            None => Ok(slot.insert(conn).clone()),
+        }
     }
 
     fn lock_known(&self) -> std::sync::MutexGuard<'_, Known> {
@@ -1045,6 +1251,10 @@ mod tests {
         assert_eq!(k.claim("abc", "plan"), "{cfit}:claim:abc:plan");
         assert_eq!(k.billed("2026-11"), "{cfit}:billed:2026-11");
         assert_eq!(Keys::new("app:{t}").urls, "app:{t}:urls");
+        // Not a tag Redis Cluster hashes by: wrapped, so that every key still shares one slot.
+        assert_eq!(Keys::new("x{}y").urls, "{x{}y}:urls");
+        assert_eq!(Keys::new("a}b{c").urls, "{a}b{c}:urls");
+        assert_eq!(Keys::new("a{b").urls, "{a{b}:urls");
     }
 
     #[test]

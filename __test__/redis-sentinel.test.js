@@ -1,0 +1,149 @@
+'use strict'
+
+// The Redis store on the master Redis Sentinel names: a real master, its replica and a Sentinel on loopback ports,
+// with failovers; moto as CloudFront.
+
+const { test, describe, before, after } = require('node:test')
+const assert = require('node:assert/strict')
+const path = require('node:path')
+
+const createTracker = require('..')
+const { startRedisSentinel, startMoto, useAwsTestEnv, awsTestEnv, freePort } = require('./helpers/services')
+const { noUnhandledRejections, sleep } = require('./helpers/env')
+const { runNode } = require('./helpers/run')
+
+const BIN = path.join(__dirname, '..', 'bin', 'cf-invalidation-tracker.js')
+
+/** Calls `attempt` until it returns true, flushing between tries; false after about 30 s. */
+async function eventually (invl, attempt) {
+  for (let i = 0; i < 120; i++) {
+    await invl.flush().catch(() => {})
+    if (await attempt().catch(() => false)) return true
+    await sleep(250)
+  }
+  return false
+}
+
+describe('Redis Sentinel', () => {
+  let moto
+  let restoreEnv
+  before(async () => {
+    restoreEnv = useAwsTestEnv()
+    moto = await startMoto()
+  })
+  after(async () => {
+    await moto?.stop()
+    restoreEnv?.()
+  })
+
+  const tracker = (sentinel, prefix, extra = {}) => createTracker({
+    cf: { dist: extra.dist ?? 'E1', endpoint: moto.endpoint },
+    redis: { sentinel: { name: sentinel.name, nodes: [sentinel.url] }, prefix },
+    logger: false
+  })
+  const tracked = (server, prefix) => server.client.command('ZRANGE', `{${prefix}}:urls`, 0, -1)
+
+  test('URLs go to the master the Sentinel names, and after a failover to the new one; a send invalidates them all', async () => {
+    const sentinel = await startRedisSentinel()
+    const { id: dist } = await moto.createDistribution({ originDomain: 'origin.example.com' })
+    const invl = tracker(sentinel, 's1', { dist })
+    try {
+      const first = await sentinel.master()
+      await invl.storeUrl('/before.html')
+      assert.deepEqual(await tracked(first, 's1'), ['/before.html'])
+
+      const promoted = await sentinel.failover()
+      assert.notEqual(promoted.port, first.port)
+      invl.storeUrl('/after.html').catch(() => {}) // the old master may drop it first: the writer retries
+      assert.ok(await eventually(invl, async () => (await tracked(promoted, 's1')).includes('/after.html')),
+        'written to the new master')
+      assert.deepEqual((await tracked(promoted, 's1')).sort(), ['/after.html', '/before.html'])
+
+      const report = await invl.sendInvalidation()
+      assert.equal(report.paths, 2)
+      assert.deepEqual((await moto.allInvalidatedPaths(dist)).flatMap((i) => i.paths).sort(), ['/after.html', '/before.html'])
+      assert.deepEqual(await tracked(promoted, 's1'), [])
+    } finally {
+      await invl.disconnect().catch(() => {})
+      await sentinel.stop()
+    }
+  })
+
+  test('a URL the old master took but the promoted replica lacks (replication lag) is written again when served again',
+    async () => {
+      const sentinel = await startRedisSentinel({ writableReplica: true })
+      const invl = tracker(sentinel, 's2')
+      try {
+        const first = await sentinel.master()
+        const replica = sentinel.servers.find((s) => s !== first)
+        await Promise.all([invl.storeUrl('/lagging.html'), invl.storeUrl('/replicated.html')])
+        assert.ok(await eventually(invl, async () => (await tracked(replica, 's2')).length === 2))
+        // The write that did not reach the replica before the failover.
+        await replica.client.command('ZREM', '{s2}:urls', '/lagging.html')
+
+        const promoted = await sentinel.failover()
+        assert.equal(promoted, replica)
+        invl.storeUrl('/lagging.html').catch(() => {})
+        assert.ok(await eventually(invl, async () => (await tracked(promoted, 's2')).includes('/lagging.html')),
+          'served again after the failover, it is tracked again')
+        assert.deepEqual(await tracked(promoted, 's2'), ['/lagging.html', '/replicated.html'])
+      } finally {
+        await invl.disconnect().catch(() => {})
+        await sentinel.stop()
+      }
+    })
+
+  test('no Sentinel answers: the call fails with the reason, nothing is unhandled, and the next call asks again', async () => {
+    const invl = createTracker({
+      cf: { dist: 'E1', endpoint: moto.endpoint },
+      redis: { sentinel: { name: 'tracked', nodes: [`redis://127.0.0.1:${await freePort()}`] } },
+      logger: false
+    })
+    await noUnhandledRejections(async () => {
+      for (let attempt = 0; attempt < 2; attempt++) {
+        await assert.rejects(invl.listUrls(), (err) => {
+          assert.equal(err.code, 'ERR_CFIT_REDIS')
+          assert.match(err.message, /sentinel|refused|connect/i)
+          return true
+        })
+      }
+      await invl.disconnect().catch(() => {})
+    })
+  })
+
+  test('bad Sentinel options are refused when the tracker is made', () => {
+    const nodes = ['redis://127.0.0.1:26379']
+    const refusals = [
+      [{ sentinel: 'tracked' }, 'ERR_INVALID_ARG_TYPE', /options\.redis\.sentinel/],
+      [{ sentinel: { nodes } }, 'ERR_INVALID_ARG_TYPE', /options\.redis\.sentinel\.name/],
+      [{ sentinel: { name: 'tracked' } }, 'ERR_INVALID_ARG_TYPE', /options\.redis\.sentinel\.nodes/],
+      [{ sentinel: { name: 'tracked', nodes: ['http://x:1'] } }, 'ERR_INVALID_ARG_VALUE', /sentinel\.nodes\[0\]/],
+      [{ sentinel: { name: 'tracked', nodes, db: -1 } }, 'ERR_INVALID_ARG_TYPE', /sentinel\.db/],
+      [{ sentinel: { name: 'tracked', nodes }, url: 'redis://127.0.0.1:6379' }, 'ERR_INVALID_ARG_VALUE', /names the master/],
+      [{ sentinel: { name: 'tracked', nodes }, cluster: true }, 'ERR_INVALID_ARG_VALUE', /not a cluster/]
+    ]
+    for (const [redis, code, message] of refusals) {
+      assert.throws(() => createTracker({ cf: { dist: 'E1' }, redis, logger: false }), (err) => {
+        assert.equal(err.code, code, `${JSON.stringify(redis)}: ${err.message}`)
+        assert.match(err.message, message)
+        return true
+      })
+    }
+  })
+
+  test('the command line: --redis-sentinel or REDIS_SENTINEL, with the Sentinels as the Redis URL', async () => {
+    const sentinel = await startRedisSentinel()
+    try {
+      const down = `redis://127.0.0.1:${await freePort()}`
+      const env = { ...awsTestEnv, REDIS_URL: `${down},${sentinel.url}`, CF_DIST: 'E1' }
+      const track = await runNode(BIN, ['track', '/cli.html', '--redis-sentinel', sentinel.name, '--prefix', 's3'], { env })
+      assert.equal(track.code, 0, track.stderr)
+      const list = await runNode(BIN, ['list', '--prefix', 's3'], { env: { ...env, REDIS_SENTINEL: sentinel.name } })
+      assert.equal(list.code, 0, list.stderr)
+      assert.equal(list.stdout, '/cli.html\n')
+      assert.deepEqual(await tracked(await sentinel.master(), 's3'), ['/cli.html'])
+    } finally {
+      await sentinel.stop()
+    }
+  })
+})
