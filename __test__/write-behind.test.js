@@ -311,6 +311,22 @@ describe('a URL already in Redis is not written again, unless it may have left',
     })
   }
 
+  it('where INFO is denied (an ACL, a managed service), URLs are written, and not again', async () => {
+    await raw.command('ACL', 'SETUSER', 'noinfo', 'on', '>noinfo-pass', '~{cfit}:*', '+@all', '-info')
+    const invl = env.tracker({ redis: { url: `redis://noinfo:noinfo-pass@127.0.0.1:${env.redis.port}` } })
+    try {
+      await storeAll(invl)
+      await allTracked()
+      await raw.command('CONFIG', 'RESETSTAT')
+      await storeAll(invl)
+      assert.equal(await zadds(), 0)
+      await allTracked()
+    } finally {
+      await invl.disconnect()
+      await raw.command('ACL', 'DELUSER', 'noinfo')
+    }
+  })
+
   it('after Redis was emptied, storing them again writes them all', async () => {
     const invl = env.tracker()
     await storeAll(invl)

@@ -496,14 +496,15 @@ impl Keys {
 // not fit…}.
 // The generation a writer sees is the counter and this server's replication id: a replica promoted to master (a
 // failover) has a new one, and may lack the last writes the old master acknowledged, so its writers send everything
-// again too.
+// again too. (Where INFO is denied, by an ACL or a managed service, the counter alone.)
 static PUT: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local now, max = ARGV[1], tonumber(ARGV[2])
 local gen = redis.call('GET', KEYS[2])
 if not gen then gen = ARGV[4]; redis.call('SET', KEYS[2], gen) end
-local replid = string.match(redis.call('INFO', 'replication'), 'master_replid:(%w+)') or ''
+local info = redis.pcall('INFO', 'replication')
+local replid = type(info) == 'string' and string.match(info, 'master_replid:(%w+)') or ''
 local function id(g) return g .. '@' .. replid end
 if ARGV[3] ~= '' and ARGV[3] ~= id(gen) then return {id(gen), 1} end
 if ARGV[3] ~= '' and redis.call('EXISTS', KEYS[1]) == 0 then
