@@ -107,6 +107,15 @@ describe('cli configuration', () => {
     assert.equal(redact('failed for redis://u:p4ssw0rd!@h:1 with secret/original/key/0000'), 'failed for redis://***@h:1 with ***')
     const cli = parseCli(['list'], { REDIS_URL: 'redis://:hunter2hunter2@h:1', AWS_SESSION_TOKEN: 'TOKENTOKENTOKEN' })
     assert.equal(cli.redact('hunter2hunter2 TOKENTOKENTOKEN'), '*** ***')
+    // REDIS_PASSWORD is masked where it is used (a Sentinel's master), and leaves output alone where it is not.
+    const env = { REDIS_URL: 'redis://:s3ntinel-pass@s1:26379,redis://s2:26379', REDIS_PASSWORD: 'html' }
+    assert.equal(parseCli(['list'], env).redact('/index.html'), '/index.html')
+    const sentinel = parseCli(['list', '--redis-sentinel', 'cache'], env)
+    assert.equal(sentinel.redact('html s3ntinel-pass'), '*** ***')
+    assert.deepEqual(sentinel.options.redis, {
+      sentinel: { name: 'cache', nodes: ['redis://:s3ntinel-pass@s1:26379', 'redis://s2:26379'] },
+      password: 'html'
+    })
   })
 
   test('the progress bar redraws on a terminal; plain lines otherwise', () => {

@@ -81,7 +81,8 @@ describe('Redis Cluster', () => {
     try {
       const forms = [
         { cluster: locked.urls, password: 'cluster s3cret', prefix: 'c6' },
-        { hostname: '127.0.0.1', port: locked.nodes[2].port, cluster: [locked.urls[0]], password: 'cluster s3cret', prefix: 'c6' }
+        { hostname: '127.0.0.1', port: locked.nodes[2].port, cluster: [locked.urls[0]], password: 'cluster s3cret', prefix: 'c6' },
+        { url: locked.urls[1], cluster: true, password: 'cluster s3cret', prefix: 'c6' }
       ]
       for (const [i, form] of forms.entries()) {
         const invl = tracker('E1', form)
@@ -92,7 +93,7 @@ describe('Redis Cluster', () => {
         }
       }
       const serving = await locked.nodeFor('{c6}:urls')
-      assert.deepEqual(await serving.client.command('ZRANGE', '{c6}:urls', 0, -1), ['/locked-0.html', '/locked-1.html'])
+      assert.deepEqual(await serving.client.command('ZRANGE', '{c6}:urls', 0, -1), ['/locked-0.html', '/locked-1.html', '/locked-2.html'])
 
       const wrong = tracker('E1', { cluster: locked.urls, password: 'not it', prefix: 'c6' })
       await assert.rejects(wrong.storeUrl('/refused.html'), (err) => {

@@ -8,7 +8,8 @@ const assert = require('node:assert/strict')
 const path = require('node:path')
 
 const createTracker = require('..')
-const { startRedisSentinel, startMoto, useAwsTestEnv, awsTestEnv, freePort } = require('./helpers/services')
+const { startRedisSentinel, startMoto, useAwsTestEnv, awsTestEnv, freePort, tlsCertificates } = require('./helpers/services')
+const { parseOptions } = require('../lib/options')
 const { noUnhandledRejections, sleep } = require('./helpers/env')
 const { runNode } = require('./helpers/run')
 
@@ -93,6 +94,29 @@ describe('Redis Sentinel', () => {
       }
     })
 
+  test('over TLS: the Sentinel and the master it names are checked against the authority given, through a failover', async () => {
+    const sentinel = await startRedisSentinel({ tls: true })
+    const { ca } = tlsCertificates()
+    const invl = createTracker({
+      cf: { dist: 'E1', endpoint: moto.endpoint },
+      redis: { sentinel: { name: sentinel.name, nodes: [sentinel.tlsUrl] }, tls: { ca }, prefix: 's4' },
+      logger: false
+    })
+    try {
+      await invl.storeUrl('/secure.html')
+      assert.deepEqual(await tracked(await sentinel.master(), 's4'), ['/secure.html'])
+      const promoted = await sentinel.failover()
+      invl.storeUrl('/after.html').catch(() => {})
+      assert.ok(await eventually(invl, async () => (await tracked(promoted, 's4')).includes('/after.html')))
+    } finally {
+      await invl.disconnect().catch(() => {})
+      await sentinel.stop()
+    }
+    // Sentinels reached over TLS: so is the master (its password travels to it).
+    const { native } = parseOptions({ cf: { dist: 'E1' }, redis: { sentinel: { name: 'm', nodes: ['rediss://s:26379'] }, password: 'p' } })
+    assert.equal(native.redisUrl.split('//')[0], 'rediss:')
+  })
+
   test('no Sentinel answers: the call fails with the reason, nothing is unhandled, and the next call asks again', async () => {
     const invl = createTracker({
       cf: { dist: 'E1', endpoint: moto.endpoint },
@@ -119,6 +143,7 @@ describe('Redis Sentinel', () => {
       [{ sentinel: { name: 'tracked' } }, 'ERR_INVALID_ARG_TYPE', /options\.redis\.sentinel\.nodes/],
       [{ sentinel: { name: 'tracked', nodes: ['http://x:1'] } }, 'ERR_INVALID_ARG_VALUE', /sentinel\.nodes\[0\]/],
       [{ sentinel: { name: 'tracked', nodes, db: -1 } }, 'ERR_INVALID_ARG_TYPE', /sentinel\.db/],
+      [{ sentinel: { name: 'tracked', nodes: ['redis://127.0.0.1:26379/3'] } }, 'ERR_INVALID_ARG_VALUE', /names a database: give the master's as sentinel\.db/],
       [{ sentinel: { name: 'tracked', nodes }, url: 'redis://127.0.0.1:6379' }, 'ERR_INVALID_ARG_VALUE', /names the master/],
       [{ sentinel: { name: 'tracked', nodes }, cluster: true }, 'ERR_INVALID_ARG_VALUE', /not a cluster/]
     ]
@@ -142,6 +167,14 @@ describe('Redis Sentinel', () => {
       assert.equal(list.code, 0, list.stderr)
       assert.equal(list.stdout, '/cli.html\n')
       assert.deepEqual(await tracked(await sentinel.master(), 's3'), ['/cli.html'])
+
+      // A /<db> on the Sentinel URLs is the master's database.
+      const inDb3 = await runNode(BIN, ['track', '/db3.html', '--redis-sentinel', sentinel.name, '--prefix', 's3'],
+        { env: { ...env, REDIS_URL: `${sentinel.url}/3` } })
+      assert.equal(inDb3.code, 0, inDb3.stderr)
+      const master = await sentinel.master()
+      assert.equal(await master.client.command('SELECT', 3), 'OK')
+      assert.deepEqual(await tracked(master, 's3'), ['/db3.html'])
     } finally {
       await sentinel.stop()
     }

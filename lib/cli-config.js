@@ -29,7 +29,8 @@ Options:
   --prefix <prefix>        Redis key prefix (default: cfit)
   --redis-cluster          The Redis URL is a node of a Redis Cluster  [REDIS_CLUSTER=1]
   --redis-sentinel <name>  The store is the master Redis Sentinel knows as <name>; the Redis URL is
-                           then the Sentinels' (comma-separated)  [REDIS_SENTINEL]
+                           then the Sentinels' (comma-separated; a /<db> on them is the master's),
+                           REDIS_PASSWORD the master's password  [REDIS_SENTINEL]
   --redis-ca <file>        PEM authorities a rediss:// Redis is checked against,
                            instead of the public ones            [REDIS_TLS_CA_FILE]
   --redis-cert <file>      PEM client certificate for Redis (with --redis-key)  [REDIS_TLS_CERT_FILE]
@@ -164,14 +165,30 @@ function redisTlsFiles (env, flags = {}) {
 }
 
 /**
+ * The master a Sentinel knows as `name`, from the Redis URL: the Sentinels' URLs, comma-separated; a `/<db>` on them
+ * is the master's database.
+ */
+function sentinelOf (name, redisUrl) {
+  let db
+  const nodes = redisUrl.split(',').map((u) => u.trim()).filter(Boolean).map((url) => {
+    const m = /^(rediss?:\/\/[^/]*)\/(\d+)\/?$/.exec(url)
+    if (!m) return url
+    if (db !== undefined && db !== Number(m[2])) throw new UsageError('the Sentinel URLs name different databases')
+    db = Number(m[2])
+    return m[1]
+  })
+  return db === undefined ? { name, nodes } : { name, nodes, db }
+}
+
+/**
  * Strings that must never be printed: AWS keys and session tokens (real ones are long; shorter values are not
  * masked, so that a dummy key such as 'test' cannot blank out paths), the passwords of the Redis URLs, and
- * REDIS_PASSWORD (a Sentinel's master's).
+ * REDIS_PASSWORD when it is used (`sentinel`: a Sentinel's master's).
  */
-function secretsOf (env, redisUrl) {
+function secretsOf (env, redisUrl, sentinel) {
   const aws = [env.AWS_SECRET_KEY, env.AWS_ACCESS_KEY, env.AWS_SECRET_ACCESS_KEY, env.AWS_ACCESS_KEY_ID, env.AWS_SESSION_TOKEN]
   const secrets = aws.filter((s) => typeof s === 'string' && s.length >= 8)
-  if (nonEmpty(env.REDIS_PASSWORD)) secrets.push(env.REDIS_PASSWORD)
+  if (sentinel && nonEmpty(env.REDIS_PASSWORD)) secrets.push(env.REDIS_PASSWORD)
   for (const url of (redisUrl ?? '').split(',')) {
     try {
       const { password } = new URL(url.trim())
@@ -232,14 +249,12 @@ function parseCli (argv, env) {
     cf.dist = NO_DIST
   }
   const redisUrl = redisFromEnv(env, values)
+  const sentinel = spec.store ? nonEmpty(values['redis-sentinel']) ?? nonEmpty(env.REDIS_SENTINEL) : undefined
   const options = { cf }
   let tlsFiles
   if (spec.store) {
     if (!redisUrl) throw new UsageError('no store: set REDIS_URL (or REDISTOGO_URL) or pass --redis')
-    const sentinel = nonEmpty(values['redis-sentinel']) ?? nonEmpty(env.REDIS_SENTINEL)
-    options.redis = sentinel
-      ? { sentinel: { name: sentinel, nodes: redisUrl.split(',').map((u) => u.trim()).filter(Boolean) } }
-      : { url: redisUrl }
+    options.redis = sentinel ? { sentinel: sentinelOf(sentinel, redisUrl) } : { url: redisUrl }
     if (sentinel && nonEmpty(env.REDIS_PASSWORD)) options.redis.password = env.REDIS_PASSWORD
     if (values.prefix !== undefined) options.redis.prefix = values.prefix
     if (values['redis-cluster'] === true || envFlag(env, 'REDIS_CLUSTER')) options.redis.cluster = true
@@ -279,7 +294,7 @@ function parseCli (argv, env) {
     dist: cf.dist === NO_DIST ? undefined : cf.dist,
     options,
     tlsFiles,
-    redact: redactor(secretsOf(env, redisUrl))
+    redact: redactor(secretsOf(env, redisUrl, sentinel))
   }
 }
 

@@ -144,6 +144,16 @@ function parseRedisCluster (redis) {
   return redisUrls(cluster, 'options.redis.cluster', 'true or an array of redis:// URLs of its nodes')
 }
 
+/** `:password@` for `redis.password`, or nothing. */
+function passwordAuth (redis) {
+  return redis.password ? `:${encodeURIComponent(redis.password)}@` : ''
+}
+
+/** `url` with `redis.password` in it, unless it has credentials of its own. */
+function withPassword (url, redis) {
+  return /^rediss?:\/\/[^/]*@/.test(url) ? url : url.replace(/^(rediss?:\/\/)/, `$1${passwordAuth(redis)}`)
+}
+
 /** A non-empty array of redis:// or rediss:// URLs. */
 function redisUrls (urls, name, expected) {
   if (!Array.isArray(urls) || urls.length === 0) throw argType(name, expected, urls)
@@ -166,6 +176,9 @@ function parseRedisSentinel (redis) {
   const name = optString(sentinel, 'name', where)
   if (!name) throw argType(`${where}.name`, "the master's name", sentinel.name)
   const nodes = redisUrls(sentinel.nodes, `${where}.nodes`, 'an array of redis:// URLs of Sentinels')
+  nodes.forEach((url, i) => {
+    if (/^rediss?:\/\/[^/]*\/\d/.test(url)) throw argValue(`${where}.nodes[${i}]`, "names a database: give the master's as sentinel.db", url)
+  })
   const db = sentinel.db ?? 0
   if (!Number.isInteger(db) || db < 0) throw argType(`${where}.db`, 'a database number', sentinel.db)
   if (namesANode(redis)) throw argValue(where, 'names the master: give no url, host or port with it', sentinel)
@@ -216,18 +229,19 @@ function parseOptions (options, env = process.env) {
       native.redisPrefix = optString(redis, 'prefix', 'options.redis')
       const sentinel = parseRedisSentinel(redis)
       if (sentinel !== undefined) {
-        const auth = redis.password ? `:${encodeURIComponent(redis.password)}@` : ''
-        native.redisUrl = `redis://${auth}sentinel-master/${sentinel.db}` // the master's credentials and database
+        // The master's scheme (TLS when the Sentinels are reached over TLS), credentials and database.
+        const scheme = sentinel.nodes.some((url) => url.startsWith('rediss:')) ? 'rediss' : 'redis'
+        native.redisUrl = `${scheme}://${passwordAuth(redis)}sentinel-master/${sentinel.db}`
         native.redisSentinelName = sentinel.name
         native.redisSentinelNodes = sentinel.nodes
       }
       const nodes = parseRedisCluster(redis)
       if (nodes !== undefined) {
         native.redisCluster = true
+        // redis.password is every node's, unless a URL has credentials of its own.
+        native.redisUrl = withPassword(native.redisUrl, redis)
         if (nodes.length > 0) {
-          // redis.password is every node's, unless a URL has credentials of its own.
-          const auth = redis.password ? `:${encodeURIComponent(redis.password)}@` : ''
-          const given = nodes.map((url) => /^rediss?:\/\/[^/]*@/.test(url) ? url : url.replace(/^(rediss?:\/\/)/, `$1${auth}`))
+          const given = nodes.map((url) => withPassword(url, redis))
           if (!namesANode(redis)) native.redisUrl = given.shift()
           native.redisClusterNodes = given
         }

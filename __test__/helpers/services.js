@@ -612,24 +612,33 @@ async function startRedisCluster ({ masters = 3, tls = false, password } = {}) {
  * one second), all on free loopback ports; resolves once the replica is in sync and the Sentinel knows both.
  * `master()` is the server that is master now, by the Sentinel; `failover()` has the Sentinel promote the replica
  * (see there). `writableReplica` lets a test change the replica's data (to make it lack
- * a write, as replication lag would).
- * @param {{ name?: string, writableReplica?: boolean }} [options]
+ * a write, as replication lag would). With `tls`, the servers and the Sentinel also listen for TLS (see startRedis),
+ * replicate and are watched over TLS, and the Sentinel names the servers' TLS ports (`tlsUrl`: the Sentinel's).
+ * @param {{ name?: string, writableReplica?: boolean, tls?: boolean }} [options]
  */
-async function startRedisSentinel ({ name = 'tracked', writableReplica = false } = {}) {
-  const first = await startRedis()
-  const replicaArgs = ['--replicaof', HOST, String(first.port)]
+async function startRedisSentinel ({ name = 'tracked', writableReplica = false, tls = false } = {}) {
+  const tlsArgs = tls ? ['--tls-replication', 'yes'] : []
+  const first = await startRedis({ args: tlsArgs, tls: tls ? {} : undefined })
+  const port1 = tls ? first.tlsPort : first.port
+  const replicaArgs = [...tlsArgs, '--replicaof', HOST, String(port1)]
   if (writableReplica) replicaArgs.push('--replica-read-only', 'no')
-  const second = await startRedis({ args: replicaArgs })
+  const second = await startRedis({ args: replicaArgs, tls: tls ? {} : undefined })
   const servers = [first, second]
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cf-invalidation-tracker-sentinel-'))
   tempDirs.add(dir)
   const port = await freePort()
+  const tlsPort = tls ? await freePort() : undefined
   const config = path.join(dir, 'sentinel.conf')
+  const { files } = tls ? tlsCertificates() : {}
   fs.writeFileSync(config, [
     `port ${port}`,
     `bind ${HOST}`,
     `dir ${dir}`,
-    `sentinel monitor ${name} ${HOST} ${first.port} 1`,
+    ...(tls
+      ? [`tls-port ${tlsPort}`, `tls-cert-file ${files.serverCert}`, `tls-key-file ${files.serverKey}`,
+          `tls-ca-cert-file ${files.ca}`, 'tls-auth-clients no', 'tls-replication yes']
+      : []),
+    `sentinel monitor ${name} ${HOST} ${port1} 1`,
     `sentinel down-after-milliseconds ${name} 1000`,
     `sentinel failover-timeout ${name} 5000`,
     ''
@@ -641,6 +650,7 @@ async function startRedisSentinel ({ name = 'tracked', writableReplica = false }
     await Promise.allSettled([stopService(service), ...servers.map((s) => s.stop())])
   }
   const masterPort = async () => Number((await client.command('SENTINEL', 'GET-MASTER-ADDR-BY-NAME', name))[1])
+  const portOf = (server) => tls ? server.tlsPort : server.port // the port the Sentinel names
   async function until (what, check) {
     const deadline = Date.now() + REDIS_START_TIMEOUT_MS
     for (;;) {
@@ -665,11 +675,12 @@ async function startRedisSentinel ({ name = 'tracked', writableReplica = false }
     name,
     port,
     url: `redis://${HOST}:${port}`,
+    ...(tls && { tlsUrl: `rediss://${HOST}:${tlsPort}` }),
     servers,
     /** The server that is master now, by the Sentinel. */
     async master () {
       const p = await masterPort()
-      return servers.find((s) => s.port === p)
+      return servers.find((s) => portOf(s) === p)
     },
     /**
      * Has the Sentinel promote the replica; resolves with the new master once the Sentinel names it and the old
@@ -680,9 +691,9 @@ async function startRedisSentinel ({ name = 'tracked', writableReplica = false }
     async failover () {
       const before = await this.master()
       await client.command('SENTINEL', 'FAILOVER', name)
-      await until('a new master', async () => (await masterPort()) !== before.port)
+      await until('a new master', async () => (await masterPort()) !== portOf(before))
       const after = await this.master()
-      await before.client.command('REPLICAOF', HOST, after.port)
+      await before.client.command('REPLICAOF', HOST, portOf(after))
       await until('the old master a replica', async () => (await before.client.command('ROLE'))[0] === 'slave')
       return after
     },

@@ -1210,6 +1210,12 @@ impl Store for RedisStore {
 
     async fn disconnect(&self) -> Result<()> {
         self.lock_conn().take();
+        // A Sentinel client keeps its connections to the Sentinels: a new one holds none.
+        if let Client::Sentinel(sentinel) = &self.client {
+            if let Ok(Client::Sentinel(fresh)) = client_for(&self.config) {
+                *sentinel.lock().await = fresh.into_inner();
+            }
+        }
         Ok(())
     }
 }
