@@ -1,17 +1,20 @@
 'use strict'
 
-// One behavioural suite, run against every store: the native memory and Redis stores, and custom JS stores written
-// in the sync, promise and (original package's) callback styles. Each test checks what the store and CloudFront (moto)
+// One behavioural suite, run against every store: the native memory store, the Redis store (on a single server, a
+// Redis Cluster, the master a Redis Sentinel names, and over TLS), and custom JS stores written in the sync, promise
+// and (original package's) callback styles. Each test checks what the store and CloudFront (moto)
 // actually hold.
 
 const { describe, it, before, after } = require('node:test')
 const assert = require('node:assert/strict')
 const { startEnv, sleep } = require('./helpers/env')
-const { startRedisCluster } = require('./helpers/services')
+const { startRedisCluster, startRedisSentinel, startRedis, tlsCertificates } = require('./helpers/services')
 const { SyncStore, PromiseStore, CallbackStore } = require('./helpers/stores')
 
 let env
 let cluster
+let sentinel
+let secure
 let n = 0
 
 const kinds = {
@@ -19,13 +22,17 @@ const kinds = {
   redis: () => ({ redis: { url: env.redis.url, prefix: `conf${++n}` } }),
   // Prefixes fall on the three nodes' slots alike; the tracker is given one node, or all of them.
   'redis cluster': () => ({ redis: n % 2 ? { url: cluster.urls[n % 3], cluster: true, prefix: `conf${++n}` } : { cluster: cluster.urls, prefix: `conf${++n}` } }),
+  'redis sentinel': () => ({ redis: { sentinel: { name: sentinel.name, nodes: [sentinel.url] }, prefix: `conf${++n}` } }),
+  'redis over TLS': () => ({ redis: { url: secure.tlsUrl, tls: { ca: tlsCertificates().ca }, prefix: `conf${++n}` } }),
   'js sync': () => ({ store: new SyncStore() }),
   'js promise': () => ({ store: new PromiseStore() }),
   'js callback (original style)': () => ({ store: new CallbackStore() })
 }
 
-before(async () => { [env, cluster] = await Promise.all([startEnv(), startRedisCluster()]) })
-after(async () => { await Promise.allSettled([env?.close(), cluster?.stop()]) })
+before(async () => {
+  [env, cluster, sentinel, secure] = await Promise.all([startEnv(), startRedisCluster(), startRedisSentinel(), startRedis({ tls: {} })])
+})
+after(async () => { await Promise.allSettled([env?.close(), cluster?.stop(), sentinel?.stop(), secure?.stop()]) })
 
 for (const [kind, storeOptions] of Object.entries(kinds)) {
   describe(`store: ${kind}`, () => {
