@@ -276,7 +276,8 @@ fn client_for(config: &RedisConfig) -> Result<Client> {
         }
     };
     if let Some(sentinel) = &config.sentinel {
-        return sentinel_client(config, sentinel, &infos[0], tls);
+        let sentinels = &infos[1 + config.cluster_nodes.len()..];
+        return sentinel_client(config, sentinel, &infos[0], sentinels, tls);
     }
     if !config.cluster {
         let client = match tls {
@@ -305,12 +306,13 @@ fn client_for(config: &RedisConfig) -> Result<Client> {
     })
 }
 
-/// The client of the master `sentinel` names: `master` gives its scheme, credentials and database; each Sentinel's
-/// URL its own.
+/// The client of the master `sentinel` names: `master` gives its scheme, credentials and database; the first of
+/// `nodes` (the Sentinels' URLs, parsed) gives the Sentinels' credentials.
 fn sentinel_client(
     config: &RedisConfig,
     sentinel: &RedisSentinel,
     master: &redis::ConnectionInfo,
+    nodes: &[redis::ConnectionInfo],
     tls: Option<redis::TlsCertificates>,
 ) -> Result<Client> {
     use redis::sentinel::{SentinelClientBuilder, SentinelServerType};
@@ -318,15 +320,6 @@ fn sentinel_client(
         return Err(Error::InvalidArgument(
             "redis: a Sentinel names one master, not a cluster (give sentinel or cluster)".into(),
         ));
-    }
-    let mut nodes = Vec::with_capacity(sentinel.nodes.len());
-    for url in &sentinel.nodes {
-        nodes.push(url.as_str().into_connection_info().map_err(|e| {
-            Error::InvalidArgument(format!(
-                "redis.sentinel: not a valid Sentinel URL ({:?})",
-                e.kind()
-            ))
-        })?);
     }
     let Some(first) = nodes.first() else {
         return Err(Error::InvalidArgument(
