@@ -117,6 +117,36 @@ describe('Redis Sentinel', () => {
     assert.equal(native.redisUrl.split('//')[0], 'rediss:')
   })
 
+  test('a master that requires a password: redis.password is the master\'s, and a wrong one is refused without being shown',
+    async () => {
+      const sentinel = await startRedisSentinel({ password: 'master s3cret' })
+      const make = (password) => createTracker({
+        cf: { dist: 'E1', endpoint: moto.endpoint },
+        redis: { sentinel: { name: sentinel.name, nodes: [sentinel.url] }, password, prefix: 's5' },
+        logger: false
+      })
+      try {
+        const invl = make('master s3cret')
+        try {
+          await invl.storeUrl('/locked.html')
+          assert.deepEqual(await tracked(await sentinel.master(), 's5'), ['/locked.html'])
+        } finally {
+          await invl.disconnect()
+        }
+        const wrong = make('not it')
+        await noUnhandledRejections(async () => {
+          await assert.rejects(wrong.storeUrl('/refused.html'), (err) => {
+            assert.equal(err.code, 'ERR_CFIT_REDIS')
+            assert.ok(!err.message.includes('not it'), err.message)
+            return true
+          })
+          await wrong.disconnect().catch(() => {})
+        })
+      } finally {
+        await sentinel.stop()
+      }
+    })
+
   test('no Sentinel answers: the call fails with the reason, nothing is unhandled, and the next call asks again', async () => {
     const invl = createTracker({
       cf: { dist: 'E1', endpoint: moto.endpoint },

@@ -614,15 +614,16 @@ async function startRedisCluster ({ masters = 3, tls = false, password } = {}) {
  * (see there). `writableReplica` lets a test change the replica's data (to make it lack
  * a write, as replication lag would). With `tls`, the servers and the Sentinel also listen for TLS (see startRedis),
  * replicate and are watched over TLS, and the Sentinel names the servers' TLS ports (`tlsUrl`: the Sentinel's).
- * @param {{ name?: string, writableReplica?: boolean, tls?: boolean }} [options]
+ * With `password`, the master and its replica require it (the Sentinel itself does not).
+ * @param {{ name?: string, writableReplica?: boolean, tls?: boolean, password?: string }} [options]
  */
-async function startRedisSentinel ({ name = 'tracked', writableReplica = false, tls = false } = {}) {
+async function startRedisSentinel ({ name = 'tracked', writableReplica = false, tls = false, password } = {}) {
   const tlsArgs = tls ? ['--tls-replication', 'yes'] : []
-  const first = await startRedis({ args: tlsArgs, tls: tls ? {} : undefined })
+  const first = await startRedis({ args: tlsArgs, tls: tls ? {} : undefined, password })
   const port1 = tls ? first.tlsPort : first.port
   const replicaArgs = [...tlsArgs, '--replicaof', HOST, String(port1)]
   if (writableReplica) replicaArgs.push('--replica-read-only', 'no')
-  const second = await startRedis({ args: replicaArgs, tls: tls ? {} : undefined })
+  const second = await startRedis({ args: replicaArgs, tls: tls ? {} : undefined, password })
   const servers = [first, second]
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cf-invalidation-tracker-sentinel-'))
   tempDirs.add(dir)
@@ -639,6 +640,7 @@ async function startRedisSentinel ({ name = 'tracked', writableReplica = false, 
           `tls-ca-cert-file ${files.ca}`, 'tls-auth-clients no', 'tls-replication yes']
       : []),
     `sentinel monitor ${name} ${HOST} ${port1} 1`,
+    ...(password === undefined ? [] : [`sentinel auth-pass ${name} ${JSON.stringify(password)}`]),
     `sentinel down-after-milliseconds ${name} 1000`,
     `sentinel failover-timeout ${name} 5000`,
     ''
