@@ -59,4 +59,20 @@ async function noUnhandledRejections (fn, settleMs = 300) {
   if (seen.length) throw new Error(`unhandled rejections: ${seen.map((r) => r && r.message).join('; ')}`)
 }
 
-module.exports = { startEnv, sleep, noUnhandledRejections }
+/**
+ * Asserts that a tracker with a wrong Redis password fails to store a URL with ERR_CFIT_REDIS and a message that does
+ * not show `password`, leaving no unhandled rejection; disconnects it.
+ */
+async function refusesPassword (invl, password) {
+  const assert = require('node:assert/strict')
+  await noUnhandledRejections(async () => {
+    await assert.rejects(invl.storeUrl('/refused.html'), (err) => {
+      assert.equal(err.code, 'ERR_CFIT_REDIS')
+      assert.ok(!err.message.includes(password), err.message)
+      return true
+    })
+    await invl.disconnect().catch(() => {})
+  })
+}
+
+module.exports = { startEnv, sleep, noUnhandledRejections, refusesPassword }
