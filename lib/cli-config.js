@@ -298,4 +298,4 @@ function parseCli (argv, env) {
   }
 }
 
-module.exports = { parseCli, cfFromEnv, redisFromEnv, redisTlsFiles, redactor, UsageError, HELP, NO_DIST }
+module.exports = { parseCli, cfFromEnv, redisFromEnv, redactor, UsageError, HELP, NO_DIST }

@@ -60,19 +60,24 @@ async function noUnhandledRejections (fn, settleMs = 300) {
 }
 
 /**
- * Asserts that a tracker with a wrong Redis password fails to store a URL with ERR_CFIT_REDIS and a message that does
- * not show `password`, leaving no unhandled rejection; disconnects it.
+ * Asserts that `call` (by default, storing a URL) fails `times` times with ERR_CFIT_REDIS, its message matching
+ * `matches` and never showing `hides` (a password), and that nothing goes unhandled meanwhile, a storeUrl nobody
+ * awaits (as the middleware's) included; then disconnects the tracker.
  */
-async function refusesPassword (invl, password) {
+async function failsInRedis (invl, { matches = /./, hides, times = 1, call = (t) => t.storeUrl('/refused.html') } = {}) {
   const assert = require('node:assert/strict')
   await noUnhandledRejections(async () => {
-    await assert.rejects(invl.storeUrl('/refused.html'), (err) => {
-      assert.equal(err.code, 'ERR_CFIT_REDIS')
-      assert.ok(!err.message.includes(password), err.message)
-      return true
-    })
+    invl.storeUrl('/served.html').catch(() => {})
+    for (let i = 0; i < times; i++) {
+      await assert.rejects(call(invl), (err) => {
+        assert.equal(err.code, 'ERR_CFIT_REDIS')
+        assert.match(err.message, matches)
+        if (hides !== undefined) assert.ok(!err.message.includes(hides), err.message)
+        return true
+      })
+    }
     await invl.disconnect().catch(() => {})
   })
 }
 
-module.exports = { startEnv, sleep, noUnhandledRejections, refusesPassword }
+module.exports = { startEnv, sleep, noUnhandledRejections, failsInRedis }

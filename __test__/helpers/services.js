@@ -595,6 +595,11 @@ async function startRedisCluster ({ masters = 3, tls = false, password } = {}) {
       const slot = await nodes[0].client.command('CLUSTER', 'KEYSLOT', key)
       return ranges.find(([first, last]) => slot >= first && slot <= last)[2]
     },
+    /** What the node serving prefix `prefix` holds in its set of tracked URLs, in order. */
+    async tracked (prefix) {
+      const key = `{${prefix}}:urls`
+      return (await this.nodeFor(key)).client.command('ZRANGE', key, 0, -1)
+    },
     /** A node that does not serve `key`'s slot. */
     async nodeNotFor (key) {
       const serving = await this.nodeFor(key)

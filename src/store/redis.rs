@@ -741,22 +741,12 @@ impl RedisStore {
         if let Some(conn) = self.lock_conn().as_ref().filter(|c| !c.lost()) {
             return Ok(conn.clone());
         }
-        let cfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.config.connection_timeout))
-            .set_response_timeout(Some(self.config.response_timeout))
-            .set_number_of_retries(2)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500));
         let conn = match &self.client {
-            Client::Single(client) => Conn::Single(ConnectionManager::new_lazy_with_config(
-                client.clone(),
-                cfg,
-            )?),
+            Client::Single(client) => Conn::Single(self.manager(client.clone())?),
             Client::Cluster(client) => Conn::Cluster(client.get_async_connection().await?),
             Client::Sentinel(sentinel) => {
                 let master = sentinel.lock().await.async_get_client().await?;
-                let manager = ConnectionManager::new_lazy_with_config(master, cfg)?;
-                Conn::Sentinel(manager, Arc::new(AtomicBool::new(false)))
+                Conn::Sentinel(self.manager(master)?, Arc::new(AtomicBool::new(false)))
             }
         };
         // Of two calls that connected at once, the first to get here is kept.
@@ -765,6 +755,17 @@ impl RedisStore {
             Some(kept) => Ok(kept.clone()),
             None => Ok(slot.insert(conn).clone()),
         }
+    }
+
+    /// A connection to one server that reconnects by itself, made on first use.
+    fn manager(&self, client: redis::Client) -> Result<ConnectionManager> {
+        let cfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.config.connection_timeout))
+            .set_response_timeout(Some(self.config.response_timeout))
+            .set_number_of_retries(2)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(500));
+        Ok(ConnectionManager::new_lazy_with_config(client, cfg)?)
     }
 
     fn lock_known(&self) -> std::sync::MutexGuard<'_, Known> {
