@@ -41,6 +41,7 @@ declare namespace createTracker {
         port?: number | string
         hostname?: string
         host?: string
+        /** The server's password: with `port` and `hostname`, or with a `url` that has no credentials of its own. */
         password?: string
         /** Key prefix, wrapped in a `{hash tag}`. Default `cfit`. */
         prefix?: string

@@ -167,7 +167,7 @@ describe('the Redis store', () => {
     await r.command('DEL', 'user:session', 'urls')
   })
 
-  it('works with a password, the original { port, hostname, password } form, and redis: true', async () => {
+  it('works with a password: the original { port, hostname, password } form, { url, password }, and redis: true', async () => {
     const secured = await startRedis()
     await secured.client.command('CONFIG', 'SET', 'requirepass', 's3cret')
     try {
@@ -182,6 +182,11 @@ describe('the Redis store', () => {
       assert.deepEqual(await b.listUrls(), [], 'default prefix holds nothing yet')
       const c = env.tracker({ redis: { REDIS_URL: process.env.REDIS_URL, prefix: 'pw' } })
       assert.deepEqual(await c.listUrls(), ['/pw'])
+      // node-redis's { url, password }: the password goes with a URL that has none; a URL's own credentials win.
+      const d = env.tracker({ redis: { url: `redis://127.0.0.1:${port}`, password: 's3cret', prefix: 'pw' } })
+      assert.deepEqual(await d.listUrls(), ['/pw'])
+      const e = env.tracker({ redis: { url: `redis://:s3cret@127.0.0.1:${port}`, password: 'nope', prefix: 'pw' } })
+      assert.deepEqual(await e.listUrls(), ['/pw'])
     } finally {
       delete process.env.REDIS_URL
       await secured.stop()

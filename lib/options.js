@@ -62,15 +62,20 @@ function parseCf (cf) {
   }
 }
 
-/** The Redis URL for the original's forms: `{ REDIS_URL }`, `{ port, hostname, password }`, `{ url }`, `true`. */
+/**
+ * The Redis URL for the original's forms: `{ REDIS_URL }`, `{ port, hostname, password }`, `{ url }` (with a
+ * `password` for a URL without credentials), `true`.
+ */
 function redisUrl (redis, env) {
   if (redis === true) return env.REDIS_URL || 'redis://127.0.0.1:6379'
   if (typeof redis === 'string') return redis
   if (!isObject(redis)) throw argType('options.redis', 'an object, a URL string or true', redis)
+  const password = optString(redis, 'password', 'options.redis')
   const url = optString(redis, 'url', 'options.redis') ?? optString(redis, 'REDIS_URL', 'options.redis')
   if (url !== undefined) {
     if (!/^rediss?:\/\//.test(url)) throw argValue('options.redis.url', 'must be a redis:// or rediss:// URL', url)
-    return url
+    // `{ url, password }` (node-redis's form): the password goes with a URL that has no credentials of its own.
+    return withPassword(url, redis)
   }
   const host = optString(redis, 'hostname', 'options.redis') ?? optString(redis, 'host', 'options.redis') ?? '127.0.0.1'
   const given = redis.port ?? 6379
@@ -79,7 +84,6 @@ function redisUrl (redis, env) {
   }
   const port = Number(given)
   if (!Number.isInteger(port) || port < 1 || port > 65535) throw argValue('options.redis.port', 'must be a port number', given)
-  const password = optString(redis, 'password', 'options.redis')
   const auth = password ? `:${encodeURIComponent(password)}@` : ''
   const h = host.includes(':') && !host.startsWith('[') ? `[${host}]` : host
   return `redis://${auth}${h}:${port}`
