@@ -10,20 +10,10 @@ const path = require('node:path')
 const createTracker = require('..')
 const { startRedisSentinel, startMoto, useAwsTestEnv, awsTestEnv, freePort, tlsCertificates } = require('./helpers/services')
 const { parseOptions } = require('../lib/options')
-const { failsInRedis, sleep } = require('./helpers/env')
+const { failsInRedis, eventually } = require('./helpers/env')
 const { runNode } = require('./helpers/run')
 
 const BIN = path.join(__dirname, '..', 'bin', 'cf-invalidation-tracker.js')
-
-/** Calls `attempt` until it returns true, flushing between tries; false after about 30 s. */
-async function eventually (invl, attempt) {
-  for (let i = 0; i < 120; i++) {
-    await invl.flush().catch(() => {})
-    if (await attempt().catch(() => false)) return true
-    await sleep(250)
-  }
-  return false
-}
 
 describe('Redis Sentinel', () => {
   let moto

@@ -80,4 +80,14 @@ async function failsInRedis (invl, { matches = /./, hides, times = 1, call = (t)
   })
 }
 
-module.exports = { startEnv, sleep, noUnhandledRejections, failsInRedis }
+/** Calls `attempt` until it returns true, flushing `invl` between tries (a failover, say); false after about 30 s. */
+async function eventually (invl, attempt) {
+  for (let i = 0; i < 120; i++) {
+    await invl.flush().catch(() => {})
+    if (await attempt().catch(() => false)) return true
+    await sleep(250)
+  }
+  return false
+}
+
+module.exports = { startEnv, sleep, noUnhandledRejections, failsInRedis, eventually }

@@ -546,8 +546,8 @@ async function startRedis ({ args = [], tls, password } = {}) {
 const SLOTS = 16384
 
 /**
- * Starts a Redis Cluster of `masters` redis-servers on free loopback ports (no replicas), each serving an equal
- * range of the 16,384 slots, and resolves once every node reports the cluster ok and knows every slot's node.
+ * Starts a Redis Cluster of `masters` redis-servers on free loopback ports (replicas are added by `addReplica`),
+ * each serving an equal range of the 16,384 slots, and resolves once every node reports the cluster ok and knows every slot's node.
  * With `tls`, the nodes also listen for TLS (see startRedis) and speak TLS among themselves; the cluster then tells
  * clients the TLS ports (`tlsUrls`). With `password`, every node requires it.
  * `nodeFor(key)` is the node that serves a key (its raw client reads what the tracker wrote there).
@@ -559,9 +559,10 @@ async function startRedisCluster ({ masters = 3, tls = false, password } = {}) {
   // The cluster bus on a port of its own (else the client port + 10000, which nobody checked was free).
   const busPorts = []
   for (let i = 0; i < masters; i++) busPorts.push(await freePort())
-  const nodes = await Promise.all(busPorts.map((bus) =>
-    startRedis({ args: [...args, '--cluster-port', String(bus)], tls: tls ? {} : undefined, password })))
-  const stop = () => Promise.allSettled(nodes.map((n) => n.stop()))
+  const startNode = (bus) => startRedis({ args: [...args, '--cluster-port', String(bus)], tls: tls ? {} : undefined, password })
+  const nodes = await Promise.all(busPorts.map(startNode))
+  const replicas = []
+  const stop = () => Promise.allSettled([...nodes, ...replicas].map((n) => n.stop()))
   try {
     await Promise.all(nodes.map((node, i) => {
       const first = Math.floor((SLOTS * i) / masters)
@@ -604,6 +605,32 @@ async function startRedisCluster ({ masters = 3, tls = false, password } = {}) {
     async nodeNotFor (key) {
       const serving = await this.nodeFor(key)
       return nodes.find((n) => n !== serving)
+    },
+    /**
+     * Starts a replica of `master` (one of `nodes`) that joins the cluster; resolves with it once it is in sync. It
+     * stops with the cluster; `nodes` and `nodeFor` go on naming the masters the cluster started with.
+     */
+    async addReplica (master) {
+      const bus = await freePort()
+      const replica = await startNode(bus)
+      replicas.push(replica)
+      const masterId = await master.client.command('CLUSTER', 'MYID')
+      await replica.client.command('CLUSTER', 'MEET', HOST, tls ? master.tlsPort : master.port, busPorts[nodes.indexOf(master)])
+      const deadline = Date.now() + REDIS_START_TIMEOUT_MS
+      let replicating = false
+      for (;;) {
+        try {
+          if (!replicating && (await replica.client.command('CLUSTER', 'NODES')).includes(masterId)) {
+            await replica.client.command('CLUSTER', 'REPLICATE', masterId)
+            replicating = true
+          }
+          if (replicating && /master_link_status:up/.test(await replica.client.command('INFO', 'replication'))) return replica
+        } catch {
+          // Not known to the cluster yet.
+        }
+        if (Date.now() > deadline) throw new Error(`the replica was not in sync within ${REDIS_START_TIMEOUT_MS} ms`)
+        await sleep(100)
+      }
     },
     stop
   }
