@@ -107,23 +107,28 @@ describe('Redis Sentinel', () => {
     assert.equal(native.redisUrl.split('//')[0], 'rediss:')
   })
 
-  test('a master that requires a password: redis.password is the master\'s, and a wrong one is refused without being shown',
+  test('passwords: redis.password is the master\'s, a Sentinel\'s own goes in its URL; a wrong one is refused without being shown',
     async () => {
-      const sentinel = await startRedisSentinel({ password: 'master s3cret' })
-      const make = (password) => createTracker({
+      const sentinel = await startRedisSentinel({ password: 'master s3cret', sentinelPassword: 'sentinel s3cret' })
+      const make = (password, sentinelPassword) => createTracker({
         cf: { dist: 'E1', endpoint: moto.endpoint },
-        redis: { sentinel: { name: sentinel.name, nodes: [sentinel.url] }, password, prefix: 's5' },
+        redis: {
+          sentinel: { name: sentinel.name, nodes: [sentinel.url.replace('//', `//:${encodeURIComponent(sentinelPassword)}@`)] },
+          password,
+          prefix: 's5'
+        },
         logger: false
       })
       try {
-        const invl = make('master s3cret')
+        const invl = make('master s3cret', 'sentinel s3cret')
         try {
           await invl.storeUrl('/locked.html')
           assert.deepEqual(await tracked(await sentinel.master(), 's5'), ['/locked.html'])
         } finally {
           await invl.disconnect()
         }
-        await failsInRedis(make('not it'), { hides: 'not it' })
+        await failsInRedis(make('not it', 'sentinel s3cret'), { hides: 'not it' })
+        await failsInRedis(make('master s3cret', 'not it'), { hides: 'not it' })
       } finally {
         await sentinel.stop()
       }

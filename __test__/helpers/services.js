@@ -646,10 +646,11 @@ async function startRedisCluster ({ masters = 3, tls = false, password } = {}) {
  * (see there). `writableReplica` lets a test change the replica's data (to make it lack
  * a write, as replication lag would). With `tls`, the servers and the Sentinel also listen for TLS (see startRedis),
  * replicate and are watched over TLS, and the Sentinel names the servers' TLS ports (`tlsUrl`: the Sentinel's).
- * With `password`, the master and its replica require it (the Sentinel itself does not).
- * @param {{ name?: string, writableReplica?: boolean, tls?: boolean, password?: string }} [options]
+ * With `password`, the master and its replica require it; with `sentinelPassword`, the Sentinel requires its own
+ * (`url` has no credentials).
+ * @param {{ name?: string, writableReplica?: boolean, tls?: boolean, password?: string, sentinelPassword?: string }} [options]
  */
-async function startRedisSentinel ({ name = 'tracked', writableReplica = false, tls = false, password } = {}) {
+async function startRedisSentinel ({ name = 'tracked', writableReplica = false, tls = false, password, sentinelPassword } = {}) {
   const tlsArgs = tls ? ['--tls-replication', 'yes'] : []
   const first = await startRedis({ args: tlsArgs, tls: tls ? {} : undefined, password })
   const port1 = tls ? first.tlsPort : first.port
@@ -671,6 +672,7 @@ async function startRedisSentinel ({ name = 'tracked', writableReplica = false, 
       ? [`tls-port ${tlsPort}`, `tls-cert-file ${files.serverCert}`, `tls-key-file ${files.serverKey}`,
           `tls-ca-cert-file ${files.ca}`, 'tls-auth-clients no', 'tls-replication yes']
       : []),
+    ...(sentinelPassword === undefined ? [] : [`requirepass ${JSON.stringify(sentinelPassword)}`]),
     `sentinel monitor ${name} ${HOST} ${port1} 1`,
     ...(password === undefined ? [] : [`sentinel auth-pass ${name} ${JSON.stringify(password)}`]),
     `sentinel down-after-milliseconds ${name} 1000`,
@@ -678,7 +680,7 @@ async function startRedisSentinel ({ name = 'tracked', writableReplica = false, 
     ''
   ].join('\n'))
   const service = spawnService('redis-sentinel', process.env.REDIS_SERVER || 'redis-server', [config, '--sentinel'])
-  const client = redisClient(port)
+  const client = redisClient(port, { password: sentinelPassword })
   const stop = async () => {
     client.close()
     await Promise.allSettled([stopService(service), ...servers.map((s) => s.stop())])
