@@ -171,7 +171,10 @@ declare namespace createTracker {
   interface Distribution {
     id: string
     domainName: string
+    /** Its origins' domain names. */
     origins: string[]
+    /** The origin path of each of `origins`, in order (`'/production'`; `''` for none). */
+    originPaths: string[]
     status: string
   }
 
@@ -266,6 +269,11 @@ declare namespace createTracker {
     logger?: Logger | false
     /** Wait until CloudFront has completed the invalidations. */
     wait?: boolean
+    /**
+     * With `cf.dist`: the origin path of its origin on the bucket (`'/production'`), taken off the keys. Without
+     * `cf.dist`, each distribution's is read from CloudFront.
+     */
+    originPath?: string
   }
 
   /** The report of one distribution's send. */

@@ -148,7 +148,7 @@ describe('cli against Redis and moto', () => {
   before(async () => {
     ;[redis, moto] = await Promise.all([startRedis(), startMoto()])
     dist = (await moto.createDistribution({ originDomain: 'www.example.com' })).id
-    bucketDist = (await moto.createDistribution({ originDomain: 'assets-bucket.s3.eu-west-1.amazonaws.com', s3: true })).id
+    bucketDist = (await moto.createDistribution({ originDomain: 'assets-bucket.s3.eu-west-1.amazonaws.com', originPath: '/live', s3: true })).id
     env = { ...awsTestEnv, CF_DIST: dist, REDIS_URL: redis.url, AWS_ENDPOINT_URL_CLOUDFRONT: moto.endpoint }
   })
   after(async () => {
@@ -248,10 +248,12 @@ describe('cli against Redis and moto', () => {
     assert.deepEqual(rows.map((r) => r[0]).sort(), [dist, bucketDist].sort())
     const found = await run(['distributions', '--origin', 'assets-bucket'], env)
     assert.equal(found.code, 0, found.stderr)
-    assert.equal(found.stdout.split('\t')[0], bucketDist)
+    assert.deepEqual(found.stdout.trim().split('\t').filter((_, i) => i !== 1 && i !== 2),
+      [bucketDist, 'assets-bucket.s3.eu-west-1.amazonaws.com/live'])
     const json = JSON.parse((await run(['distributions', '--origin', 'assets-bucket', '--json'], env)).stdout)
     assert.deepEqual(json.map((d) => d.id), [bucketDist])
     assert.deepEqual(json[0].origins, ['assets-bucket.s3.eu-west-1.amazonaws.com'])
+    assert.deepEqual(json[0].originPaths, ['/live'])
     assertFails(await run(['distributions', '--origin', 'no-such-bucket'], env), 1, /no-such-bucket/)
   })
 

@@ -63,7 +63,7 @@ describe('S3 origins and keys', () => {
 })
 
 describe('invalidateS3Event and findDistributionByOrigin (moto)', () => {
-  let moto, restoreEnv, photos, site, other
+  let moto, restoreEnv, photos, site, other, staged
   const cf = () => ({ endpoint: moto.endpoint })
   const received = async (id) => (await moto.allInvalidatedPaths(id)).flatMap((i) => i.paths).sort()
 
@@ -73,6 +73,7 @@ describe('invalidateS3Event and findDistributionByOrigin (moto)', () => {
     photos = (await moto.createDistribution({ originDomain: 'mybucket.s3.amazonaws.com', s3: true })).id
     site = (await moto.createDistribution({ originDomain: 'site-bucket.s3.us-east-1.amazonaws.com', s3: true })).id
     other = (await moto.createDistribution({ originDomain: 'www.example.com' })).id
+    staged = (await moto.createDistribution({ originDomain: 'stage-bucket.s3.amazonaws.com', originPath: '/production', s3: true })).id
   })
   after(async () => {
     await moto?.stop()
@@ -136,6 +137,54 @@ describe('invalidateS3Event and findDistributionByOrigin (moto)', () => {
 
     assert.deepEqual(await invalidateS3Event({ Records: [] }, { cf: cf() }), [])
     await assert.rejects(invalidateS3Event(null, { cf: cf() }), { code: 'ERR_INVALID_ARG_TYPE' })
+  })
+
+  test('an origin path is taken off the keys: read from CloudFront, or given with cf.dist; a key outside it is not sent', async () => {
+    const listed = await createTracker({ cf: { ...cf(), dist: other }, store: 'memory://', logger: false }).listDistributions()
+    const byId = Object.fromEntries(listed.map((d) => [d.id, d]))
+    assert.deepEqual(byId[staged].originPaths, ['/production'])
+    assert.deepEqual(byId[photos].originPaths, [''])
+    assert.equal(await findDistributionByOrigin('stage-bucket', { cf: cf() }), staged)
+
+    const event = {
+      Records: [
+        record('stage-bucket', 'production/img/a+b.jpg'),
+        record('stage-bucket', 'production/'),
+        record('stage-bucket', 'productionX/c.jpg'),
+        record('stage-bucket', 'staging/img/a+b.jpg')
+      ]
+    }
+    const [report] = await invalidateS3Event(event, { cf: cf(), logger: false })
+    assert.equal(report.distribution, staged)
+    assert.equal(report.paths, 2)
+    assert.deepEqual(await received(staged), ['/', '/img/a%20b.jpg'])
+
+    // With cf.dist, nothing is listed: the origin path is the caller's to give (and may be escaped).
+    const was = await received(other)
+    const given = { Records: [record('any', 'my+dir/app.js'), record('any', 'app.js')] }
+    const [direct] = await invalidateS3Event(given, { cf: { ...cf(), dist: other }, originPath: '/my%20dir', logger: false })
+    assert.equal(direct.paths, 1)
+    assert.deepEqual((await received(other)).filter((p) => !was.includes(p)), ['/app.js'])
+
+    // Only keys outside it: nothing to send, and nothing sent.
+    const outside = await invalidateS3Event({ Records: [record('stage-bucket', 'staging/b.jpg')] }, { cf: cf(), logger: false })
+    assert.deepEqual(outside.map((r) => [r.distribution, r.paths]), [[staged, 0]])
+    assert.deepEqual(await received(staged), ['/', '/img/a%20b.jpg'])
+
+    for (const [originPath, code, message] of [
+      ['v2', 'ERR_INVALID_ARG_VALUE', /must start with '\/'/],
+      ['/v2/', 'ERR_INVALID_ARG_VALUE', /not end with one/],
+      [2, 'ERR_INVALID_ARG_TYPE', /originPath/]
+    ]) {
+      await assert.rejects(invalidateS3Event(given, { cf: { ...cf(), dist: other }, originPath, logger: false }), (err) => {
+        assert.equal(err.code, code)
+        assert.match(err.message, message)
+        return true
+      })
+    }
+    await assert.rejects(invalidateS3Event(given, { cf: cf(), originPath: '/v2', logger: false }),
+      { code: 'ERR_INVALID_ARG_VALUE', message: /applies with options\.cf\.dist only/ })
+    assert.deepEqual((await received(other)).filter((p) => !was.includes(p)), ['/app.js'], 'refused options sent nothing')
   })
 
   test('keys ending or made of spaces and control characters invalidate those objects, not their trimmed names', async () => {

@@ -216,7 +216,8 @@ async function main (argv, { env = process.env, stdout = process.stdout, stderr 
         let list = await tracker.listDistributions()
         if (cli.origin) list = list.filter((d) => d.origins.some((o) => isBucketOrigin(o, cli.origin)))
         if (cli.json) out(JSON.stringify(list))
-        else for (const d of list) out([d.id, d.domainName, d.status, d.origins.join(',')].join('\t'))
+        // Each origin with its origin path, as CloudFront joins them: `bucket.s3.amazonaws.com/production`.
+        else for (const d of list) out([d.id, d.domainName, d.status, d.origins.map((o, i) => o + d.originPaths[i]).join(',')].join('\t'))
         if (cli.origin && list.length === 0) return fail(new Error(`no distribution has the S3 bucket "${cli.origin}" as its origin`), 1)
         return 0
       }

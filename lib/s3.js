@@ -5,12 +5,12 @@
 // events, directly or through SNS or SQS.
 
 const crypto = require('node:crypto')
-const { argType } = require('./errors')
+const { argType, argValue } = require('./errors')
 
 /** The distribution id the lookup tracker is built with: listing distributions does not use it. */
 const LOOKUP_DIST = 'LOOKUP'
 
-const OPTION_KEYS_NOT_PASSED = new Set(['cf', 'logger', 'wait', 'store', 'redis', '_claimName'])
+const OPTION_KEYS_NOT_PASSED = new Set(['cf', 'logger', 'wait', 'store', 'redis', 'originPath', '_claimName'])
 
 function isObject (v) {
   return v !== null && typeof v === 'object' && !Array.isArray(v)
@@ -52,13 +52,20 @@ function noDistribution (bucket) {
   return err
 }
 
-/** Resolves to `{ bucket: [distribution ids] }` for every bucket of `buckets`, from one listing of the account. */
+/**
+ * Resolves to `{ bucket: [{ id, originPaths }] }` for every bucket of `buckets`: the distributions that have the
+ * bucket as an origin, each with the origin paths of those origins ('' for none), from one listing of the account.
+ */
 async function distributionsByOrigin (buckets, cf) {
   const lookup = createTracker({ cf: { ...cf, dist: cf.dist || LOOKUP_DIST }, store: 'memory://', logger: false })
   const distributions = await lookup.listDistributions()
   const out = {}
   for (const bucket of buckets) {
-    out[bucket] = distributions.filter((d) => d.origins.some((o) => isBucketOrigin(o, bucket))).map((d) => d.id)
+    out[bucket] = []
+    for (const d of distributions) {
+      const originPaths = d.origins.flatMap((o, i) => isBucketOrigin(o, bucket) ? [d.originPaths[i] ?? ''] : [])
+      if (originPaths.length > 0) out[bucket].push({ id: d.id, originPaths })
+    }
   }
   return out
 }
@@ -74,9 +81,9 @@ async function distributionsByOrigin (buckets, cf) {
 async function findDistributionByOrigin (bucket, options) {
   if (typeof bucket !== 'string' || bucket === '') throw argType('bucket', 'a non-empty string', bucket)
   const cf = checkCf(options)
-  const [id] = (await distributionsByOrigin([bucket], cf))[bucket]
-  if (!id) throw noDistribution(bucket)
-  return id
+  const [first] = (await distributionsByOrigin([bucket], cf))[bucket]
+  if (!first) throw noDistribution(bucket)
+  return first.id
 }
 
 /**
@@ -109,20 +116,60 @@ function parseJson (text) {
 /** Characters of a decoded key escaped before the tracker sees it: what it would take for URL syntax, or trim. */
 const KEY_ESCAPED = /[%?#\u0000-\u0020\u007f]/g
 
+/** An S3 object key as it is, decoded from the event's form ('+' for space, then percent-escapes). */
+function decodeKey (key) {
+  try {
+    return decodeURIComponent(key.replace(/\+/g, ' '))
+  } catch {
+    return key
+  }
+}
+
 /**
- * The path an S3 object key is served at: '/' + the key, decoded from the event's form ('+' for space, then
- * percent-escapes), with '%', '?', '#', spaces and control characters escaped, so that they stay part of the path
- * (a URL's leading and trailing spaces and controls would be trimmed: the object 'report.pdf ' is not 'report.pdf').
- * The tracker encodes the rest.
+ * The key prefix an origin path (`/production`) stands for (`production/`): CloudFront puts the origin path before
+ * the request's path, and S3 decodes the result into a key. '' for no origin path.
  */
-function keyToPath (key) {
+function originKeyPrefix (originPath) {
+  if (originPath === '' || originPath === '/') return ''
   let decoded
   try {
-    decoded = decodeURIComponent(key.replace(/\+/g, ' '))
+    decoded = decodeURIComponent(originPath)
   } catch {
-    decoded = key
+    decoded = originPath
   }
-  return '/' + decoded.replace(KEY_ESCAPED, (c) => '%' + c.charCodeAt(0).toString(16).toUpperCase().padStart(2, '0'))
+  return decoded.replace(/^\/+/, '').replace(/\/*$/, '/')
+}
+
+/**
+ * The path the object `key` (decoded) is served at through an origin with origin path `originPath`, or null when the
+ * key is outside it: the key after the origin path, with '%', '?', '#', spaces and control characters escaped, so
+ * that they stay part of the path (a URL's leading and trailing spaces and controls would be trimmed: the object
+ * 'report.pdf ' is not 'report.pdf'). The tracker encodes the rest.
+ */
+function servedPath (key, originPath) {
+  const prefix = originKeyPrefix(originPath)
+  if (!key.startsWith(prefix)) return null
+  const rest = key.slice(prefix.length)
+  return '/' + rest.replace(KEY_ESCAPED, (c) => '%' + c.charCodeAt(0).toString(16).toUpperCase().padStart(2, '0'))
+}
+
+/** The path an S3 event's object key is served at through an origin without an origin path. */
+function keyToPath (key) {
+  return servedPath(decodeKey(key), '')
+}
+
+/** The origin path option of invalidateS3Event: '' for none, else '/' and no '/' at the end, as CloudFront has it. */
+function optOriginPath (options, cf) {
+  const v = options.originPath
+  if (v === undefined || v === null) return undefined
+  if (typeof v !== 'string') throw argType('options.originPath', 'of type string', v)
+  if (v !== '' && (!v.startsWith('/') || v.endsWith('/'))) {
+    throw argValue('options.originPath', "must start with '/' and not end with one (as CloudFront has it), or be ''", v)
+  }
+  if (!cf.dist) {
+    throw argValue('options.originPath', "applies with options.cf.dist only: without it, each distribution's origin path is read from CloudFront", v)
+  }
+  return v
 }
 
 /** A name for this event, the same each time it is delivered: a digest of its records. */
@@ -134,8 +181,8 @@ function eventName (event) {
   return 's3-' + crypto.createHash('sha256').update(JSON.stringify(identity)).digest('hex').slice(0, 16)
 }
 
-/** `{ bucket: Set(paths) }` for the ObjectCreated and ObjectRemoved records of `event`. */
-function pathsByBucket (event) {
+/** `{ bucket: Set(decoded keys) }` for the ObjectCreated and ObjectRemoved records of `event`. */
+function keysByBucket (event) {
   const out = new Map()
   for (const record of s3Records(event)) {
     const name = typeof record.eventName === 'string' ? record.eventName.replace(/^s3:/, '') : ''
@@ -144,15 +191,16 @@ function pathsByBucket (event) {
     const key = record.s3.object && record.s3.object.key
     if (typeof bucket !== 'string' || bucket === '' || typeof key !== 'string' || key === '') continue
     if (!out.has(bucket)) out.set(bucket, new Set())
-    out.get(bucket).add(keyToPath(key))
+    out.get(bucket).add(decodeKey(key))
   }
   return out
 }
 
 /**
  * Invalidates the objects an S3 event names (records `ObjectCreated:*` and `ObjectRemoved:*`; plain, or wrapped in
- * SNS/SQS records). Each key becomes the path '/' + key, sent to `options.cf.dist` when given, else to every
- * distribution whose origin is the record's bucket. Other tracker options (`batchSize`, `queryStrings`,
+ * SNS/SQS records). Each key becomes the path it is served at, sent to `options.cf.dist` when given, else to every
+ * distribution whose origin is the record's bucket: '/' + the key, less the origin's origin path (`originPath` with
+ * `cf.dist`, else read from CloudFront; a key outside it is not served there). Other tracker options (`batchSize`, `queryStrings`,
  * `indexDocument`, `sendTimeoutMs`, ...) apply to the send; `wait: true` waits until CloudFront completed; `logger`
  * is the tracker's (console by default, which in Lambda is CloudWatch).
  *
@@ -162,7 +210,7 @@ function pathsByBucket (event) {
  * send's error when a send failed; that error carries `reports`, every distribution's report, so the caller (or
  * Lambda's retry) can tell what went through.
  * @param {object} event an S3 notification (`{ Records: [...] }`)
- * @param {{ cf: object, logger?: object | false, wait?: boolean }} options
+ * @param {{ cf: object, logger?: object | false, wait?: boolean, originPath?: string }} options
  * @returns {Promise<Array<object>>}
  */
 async function invalidateS3Event (event, options) {
@@ -172,20 +220,29 @@ async function invalidateS3Event (event, options) {
   const trackerOptions = {}
   for (const [k, v] of Object.entries(options)) if (!OPTION_KEYS_NOT_PASSED.has(k)) trackerOptions[k] = v
 
-  const byBucket = pathsByBucket(event)
+  const originPath = optOriginPath(options, cf)
+  const byBucket = keysByBucket(event)
   if (byBucket.size === 0) return []
   const buckets = [...byBucket.keys()]
-  const dists = cf.dist ? Object.fromEntries(buckets.map((b) => [b, [cf.dist]])) : await distributionsByOrigin(buckets, cf)
+  const dists = cf.dist
+    ? Object.fromEntries(buckets.map((b) => [b, [{ id: cf.dist, originPaths: [originPath ?? ''] }]]))
+    : await distributionsByOrigin(buckets, cf)
 
-  // distribution id -> { paths, buckets }
+  // distribution id -> { paths, buckets }: each key at its path through each of the distribution's origins on its
+  // bucket (none for an origin whose origin path the key is outside of).
   const plan = new Map()
   for (const bucket of buckets) {
     if (dists[bucket].length === 0) throw noDistribution(bucket)
-    for (const id of dists[bucket]) {
+    for (const { id, originPaths } of dists[bucket]) {
       if (!plan.has(id)) plan.set(id, { paths: new Set(), buckets: [] })
       const entry = plan.get(id)
       entry.buckets.push(bucket)
-      for (const p of byBucket.get(bucket)) entry.paths.add(p)
+      for (const key of byBucket.get(bucket)) {
+        for (const origin of originPaths) {
+          const p = servedPath(key, origin)
+          if (p !== null) entry.paths.add(p)
+        }
+      }
     }
   }
 

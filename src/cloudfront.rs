@@ -183,6 +183,8 @@ pub struct DistributionInfo {
     pub domain_name: String,
     /// Domain names of its origins.
     pub origins: Vec<String>,
+    /// The origin path of each of `origins`, in order (`/production`; empty for none).
+    pub origin_paths: Vec<String>,
     /// Deployment status.
     pub status: String,
 }
@@ -378,18 +380,15 @@ impl CloudFront {
                 break;
             };
             for d in list.items() {
+                let origins = d.origins().map(|o| o.items()).unwrap_or_default();
                 out.push(DistributionInfo {
                     id: d.id().to_owned(),
                     domain_name: d.domain_name().to_owned(),
-                    origins: d
-                        .origins()
-                        .map(|o| {
-                            o.items()
-                                .iter()
-                                .map(|o| o.domain_name().to_owned())
-                                .collect()
-                        })
-                        .unwrap_or_default(),
+                    origins: origins.iter().map(|o| o.domain_name().to_owned()).collect(),
+                    origin_paths: origins
+                        .iter()
+                        .map(|o| o.origin_path().unwrap_or_default().to_owned())
+                        .collect(),
                     status: d.status().to_owned(),
                 });
             }

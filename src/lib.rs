@@ -248,6 +248,8 @@ pub struct Distribution {
     pub domain_name: String,
     /// Its origins' domain names.
     pub origins: Vec<String>,
+    /// The origin path of each of `origins`, in order (`/production`; empty for none).
+    pub origin_paths: Vec<String>,
     /// Deployment status.
     pub status: String,
 }
@@ -551,6 +553,7 @@ impl NativeTracker {
                     id: d.id,
                     domain_name: d.domain_name,
                     origins: d.origins,
+                    origin_paths: d.origin_paths,
                     status: d.status,
                 })
                 .collect())

@@ -184,7 +184,7 @@ async function apiRequest (endpoint, method, pathAndQuery, body) {
   return { status: response.status, headers: response.headers, text, xml: text ? parseXml(text) : null }
 }
 
-function distributionConfigXml ({ originDomain, callerReference, s3, comment }) {
+function distributionConfigXml ({ originDomain, originPath, callerReference, s3, comment }) {
   const originConfig = s3
     ? '<S3OriginConfig><OriginAccessIdentity></OriginAccessIdentity></S3OriginConfig>'
     : '<CustomOriginConfig><HTTPPort>80</HTTPPort><HTTPSPort>443</HTTPSPort>' +
@@ -195,7 +195,8 @@ function distributionConfigXml ({ originDomain, callerReference, s3, comment }) 
     `<Comment>${escapeXml(comment)}</Comment>` +
     '<Enabled>true</Enabled>' +
     '<Origins><Quantity>1</Quantity><Items><Origin>' +
-    `<Id>origin-1</Id><DomainName>${escapeXml(originDomain)}</DomainName>${originConfig}` +
+    `<Id>origin-1</Id><DomainName>${escapeXml(originDomain)}</DomainName>` +
+    (originPath ? `<OriginPath>${escapeXml(originPath)}</OriginPath>` : '') + originConfig +
     '</Origin></Items></Origins>' +
     '<DefaultCacheBehavior><TargetOriginId>origin-1</TargetOriginId>' +
     '<ViewerProtocolPolicy>allow-all</ViewerProtocolPolicy>' +
@@ -240,12 +241,13 @@ function encodeId (id) {
 function cloudFrontApi (endpoint) {
   const request = (method, pathAndQuery, body) => apiRequest(endpoint, method, pathAndQuery, body)
 
-  async function createDistribution ({ originDomain, callerReference, s3 = false, comment = '' } = {}) {
+  async function createDistribution ({ originDomain, originPath, callerReference, s3 = false, comment = '' } = {}) {
     if (typeof originDomain !== 'string' || originDomain === '') {
       throw new TypeError('createDistribution: originDomain must be a non-empty string')
     }
     const body = distributionConfigXml({
       originDomain,
+      originPath,
       callerReference: callerReference ?? `dist-${randomUUID()}`,
       s3,
       comment

@@ -6,3 +6,8 @@ await invl.storeUrl('/a.html')
 const reports = await invalidateS3Event({ Records: [] }, { cf: { dist: 'E1' }, wait: false })
 const id: string = await findDistributionByOrigin('bucket', { cf: {} })
 console.log(reports.map((r) => [r.distribution, r.paths, r.rejected]), id)
+await invalidateS3Event({ Records: [] }, { cf: { dist: 'E1' }, originPath: '/production' })
+// @ts-expect-error an origin path is a string
+await invalidateS3Event({ Records: [] }, { cf: { dist: 'E1' }, originPath: true })
+const origins: Array<[string, string]> = (await invl.listDistributions()).flatMap((d) => d.origins.map((o, i): [string, string] => [o, d.originPaths[i]]))
+console.log(origins)
