@@ -86,6 +86,17 @@ describe('query strings', () => {
     const { received } = await sendThrough(urls, { queryStrings: 'strip' })
     assert.deepEqual(received, ['/photo.jpg'])
   })
+  it("a sender's 'strip' applies to URLs another process tracked with 'keep' (a server, then `npm run invalidate`)", async () => {
+    const dist = await env.newDistribution()
+    const redis = { url: env.redis.url, prefix: `paths${++n}` }
+    const server = env.tracker({ cf: { dist }, redis })
+    await Promise.all(urls.map((u) => server.storeUrl(u)))
+    const sender = env.tracker({ cf: { dist }, redis, queryStrings: 'strip' })
+    const report = await sender.sendInvalidation()
+    assert.equal(report.paths, 1)
+    assert.deepEqual(await env.received(dist), ['/photo.jpg'])
+    assert.equal(await env.redis.client.command('ZCARD', `{${redis.prefix}}:urls`), 0, 'every variant is forgotten')
+  })
   it("'wildcard' covers every variant of the path, and the root never widens into '/*'", async () => {
     const { received } = await sendThrough([...urls, '/?utm=x'], { queryStrings: 'wildcard' })
     assert.deepEqual(received, ['/', '/?*', '/photo.jpg', '/photo.jpg?*'])

@@ -128,8 +128,10 @@ pub fn plan(
         .filter(|w| urls.binary_search(w).is_err())
         .collect();
     let budget = cfg.max_paths.unwrap_or(usize::MAX);
+    // The sender's own rules apply to what it sends, whatever rules the URLs were tracked under (another process's
+    // `keep`, say): `strip` sends each tracked query variant as its bare path, once.
     let variants =
-        cfg.rules.index_document.is_some() || cfg.rules.query_strings == QueryStrings::Wildcard;
+        cfg.rules.index_document.is_some() || cfg.rules.query_strings != QueryStrings::Keep;
     let wildcards = overflow.into_iter().map(|w| Unit {
         paths: vec![w],
         covers: Vec::new(),
@@ -821,6 +823,30 @@ mod tests {
             .flat_map(|b| b.paths.iter().map(String::as_str))
             .collect();
         assert_eq!(sent, ["/a.jpg", "/a.jpg?*"]);
+    }
+
+    #[test]
+    fn a_sender_that_strips_query_strings_sends_variants_tracked_with_them_once() {
+        let cfg = SendConfig {
+            rules: PathRules {
+                query_strings: QueryStrings::Strip,
+                ..PathRules::default()
+            },
+            ..SendConfig::default()
+        };
+        let tracked = ["/a.jpg?w=1", "/a.jpg?w=2", "/b.css"];
+        let (batches, _) = plan(tracked.iter().map(|&u| u.into()).collect(), Vec::new(), &cfg);
+        let sent: Vec<&str> = batches
+            .iter()
+            .flat_map(|b| b.paths.iter().map(String::as_str))
+            .collect();
+        assert_eq!(sent, ["/a.jpg", "/b.css"]);
+        let mut covered: Vec<&str> = batches
+            .iter()
+            .flat_map(|b| b.covers.iter().flatten().map(String::as_str))
+            .collect();
+        covered.sort_unstable();
+        assert_eq!(covered, tracked, "every tracked variant is forgotten once its path is accepted");
     }
 
     #[test]
