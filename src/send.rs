@@ -835,7 +835,11 @@ mod tests {
             ..SendConfig::default()
         };
         let tracked = ["/a.jpg?w=1", "/a.jpg?w=2", "/b.css"];
-        let (batches, _) = plan(tracked.iter().map(|&u| u.into()).collect(), Vec::new(), &cfg);
+        let (batches, _) = plan(
+            tracked.iter().map(|&u| u.into()).collect(),
+            Vec::new(),
+            &cfg,
+        );
         let sent: Vec<&str> = batches
             .iter()
             .flat_map(|b| b.paths.iter().map(String::as_str))
@@ -846,7 +850,10 @@ mod tests {
             .flat_map(|b| b.covers.iter().flatten().map(String::as_str))
             .collect();
         covered.sort_unstable();
-        assert_eq!(covered, tracked, "every tracked variant is forgotten once its path is accepted");
+        assert_eq!(
+            covered, tracked,
+            "every tracked variant is forgotten once its path is accepted"
+        );
     }
 
     #[test]
