@@ -238,9 +238,9 @@ declare namespace createTracker {
 
   /** Base class of custom stores (the original package's). */
   class Store implements StoreLike {
-    set(key: string, value: number): unknown
+    set(key: string, value: number, callback?: (err?: Error | null) => void): unknown
     getAllKeys(callback?: (err: Error | null, keys?: string[]) => void): unknown
-    clearAll(): unknown
+    clearAll(callback?: (err?: Error | null) => void): unknown
   }
 
   /** One S3 event notification record (the fields used). */

@@ -15,3 +15,14 @@ test('index.d.ts types what the README shows, and refuses wrong usage', () => {
   assert.equal(run.error, undefined)
   assert.equal(run.status, 0, `tsc found errors:\n${run.stdout}${run.stderr}`)
 })
+
+test('the ES module entry has the named exports index.d.ts declares, the CommonJS ones', async () => {
+  const esm = await import('../index.mjs')
+  const cjs = require('..')
+  assert.equal(esm.default, cjs)
+  for (const name of ['Tracker', 'Store', 'MAX_URL_LENGTH', 'createTracker']) {
+    assert.equal(esm[name], name === 'createTracker' ? cjs : cjs[name], name)
+  }
+  assert.equal(typeof esm.invalidateS3Event, 'function')
+  assert.equal(typeof esm.findDistributionByOrigin, 'function')
+})
