@@ -22,6 +22,8 @@ function isArgumentError (err) {
 // its own error.
 const GATHER_MAX = 4096
 const GATHERABLE_LENGTH = Math.floor(MAX_URL_LENGTH / 9)
+// The options sendInvalidation takes; any other name is refused.
+const SEND_OPTIONS = new Set(['wait', 'dryRun'])
 // How long process exit may block writing what is still buffered.
 const EXIT_FLUSH_MS = 1000
 // How long a write to a custom store that failed keeps the process alive while the writer retries it.
@@ -386,6 +388,9 @@ class Tracker {
   sendInvalidation (options = {}) {
     return this._run('sendInvalidation', async () => {
       if (options === null || typeof options !== 'object') throw argType('options', 'of type object', options)
+      // A misspelt dryRun (dry_run, dryrun) must not make a real, billed send.
+      const unknown = Object.keys(options).filter((k) => !SEND_OPTIONS.has(k))
+      if (unknown.length > 0) throw argValue('options', `has no option ${unknown.join(', ')} (it takes wait and dryRun)`, options)
       const wait = optBoolean(options, 'wait', false)
       const dryRun = optBoolean(options, 'dryRun', false)
       let raw

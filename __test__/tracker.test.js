@@ -76,7 +76,10 @@ describe('calls', () => {
       // A dry run asked for in the wrong type is refused, not taken for a real send.
       [() => invl.sendInvalidation({ dryRun: 'true' }), TypeError, 'ERR_INVALID_ARG_TYPE'],
       [() => invl.sendInvalidation({ dryRun: 1 }), TypeError, 'ERR_INVALID_ARG_TYPE'],
-      [() => invl.sendInvalidation({ wait: 'yes' }), TypeError, 'ERR_INVALID_ARG_TYPE']
+      [() => invl.sendInvalidation({ wait: 'yes' }), TypeError, 'ERR_INVALID_ARG_TYPE'],
+      // So is one whose name is misspelt.
+      [() => invl.sendInvalidation({ dry_run: true }), RangeError, 'ERR_INVALID_ARG_VALUE'],
+      [() => invl.sendInvalidation({ dryrun: true }), RangeError, 'ERR_INVALID_ARG_VALUE']
     ]
     await noUnhandledRejections(async () => {
       for (const [call, Type, code] of cases) {
