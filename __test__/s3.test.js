@@ -113,6 +113,8 @@ describe('invalidateS3Event and findDistributionByOrigin (moto)', () => {
         record('mybucket', 'img/ignored.png', 'ObjectRestore:Completed'),
         { EventSource: 'aws:sns', Sns: { Message: JSON.stringify({ Records: [record('site-bucket', 'docs/index.html')] }) } },
         { eventSource: 'aws:sqs', body: JSON.stringify({ Records: [record('site-bucket', 'app.js', 'ObjectCreated:Copy')] }) },
+        // S3 -> SNS -> SQS: the SQS body is SNS's envelope.
+        { eventSource: 'aws:sqs', body: JSON.stringify({ Type: 'Notification', Message: JSON.stringify({ Records: [record('mybucket', 'img/fanned+out.png')] }) }) },
         { eventSource: 'aws:sqs', body: JSON.stringify({ Service: 'Amazon S3', Event: 's3:TestEvent' }) }
       ]
     }
@@ -121,7 +123,7 @@ describe('invalidateS3Event and findDistributionByOrigin (moto)', () => {
     assert.deepEqual(Object.keys(byDist).sort(), [photos, site].sort())
     assert.ok(reports.every((r) => r.batches.every((b) => b.status === 'Completed' || b.status === 'COMPLETED')))
     const added = async (id, was) => (await received(id)).filter((p) => !was.includes(p))
-    assert.deepEqual(await added(photos, before.photos), ['/img/new%20one.png', '/img/old.png'])
+    assert.deepEqual(await added(photos, before.photos), ['/img/fanned%20out.png', '/img/new%20one.png', '/img/old.png'])
     assert.deepEqual(await added(site, before.site), ['/app.js', '/docs', '/docs/', '/docs/index.html'])
   })
 
@@ -135,7 +137,15 @@ describe('invalidateS3Event and findDistributionByOrigin (moto)', () => {
     await assert.rejects(invalidateS3Event(event, { cf: cf(), logger: false }), { code: 'ERR_CFIT_NO_DISTRIBUTION', bucket: 'unknown-bucket' })
     assert.deepEqual(await received(photos), was)
 
-    assert.deepEqual(await invalidateS3Event({ Records: [] }, { cf: cf() }), [])
+    const warnings = []
+    const logger = { info () {}, error () {}, warn: (m) => warnings.push(m) }
+    assert.deepEqual(await invalidateS3Event({ Records: [] }, { cf: cf(), logger }), [])
+    // Not an S3 notification (an EventBridge event): nothing sent, and it says so rather than pass for a success.
+    const bridge = { source: 'aws.s3', 'detail-type': 'Object Created', detail: { bucket: { name: 'mybucket' }, object: { key: 'a.jpg' } } }
+    assert.deepEqual(await invalidateS3Event(bridge, { cf: cf(), logger }), [])
+    assert.equal(warnings.length, 2)
+    assert.match(warnings[1], /holds no S3 notification records/)
+    assert.deepEqual(await received(photos), was)
     await assert.rejects(invalidateS3Event(null, { cf: cf() }), { code: 'ERR_INVALID_ARG_TYPE' })
   })
 

@@ -45,6 +45,14 @@ function createTracker (options) {
   return require('..')(options)
 }
 
+/** Logs a warning to `logger` (console when not given; false silences); a logger that fails is ignored. */
+function warn (logger, message) {
+  const to = logger === undefined || logger === null ? console : logger
+  try {
+    if (to && typeof to.warn === 'function') to.warn(message)
+  } catch {}
+}
+
 function noDistribution (bucket) {
   const err = new Error(`No CloudFront distribution has the S3 bucket "${bucket}" as its origin`)
   err.code = 'ERR_CFIT_NO_DISTRIBUTION'
@@ -93,7 +101,13 @@ async function findDistributionByOrigin (bucket, options) {
 function s3Records (event) {
   const out = []
   const visit = (value, depth) => {
-    if (depth > 3 || !isObject(value) || !Array.isArray(value.Records)) return
+    if (depth > 3 || !isObject(value)) return
+    // An SNS notification delivered to SQS (the SQS body is SNS's envelope): the S3 notification is its Message.
+    if (value.Type === 'Notification' && typeof value.Message === 'string') {
+      visit(parseJson(value.Message), depth + 1)
+      return
+    }
+    if (!Array.isArray(value.Records)) return
     for (const record of value.Records) {
       if (!isObject(record)) continue
       if (isObject(record.s3)) out.push(record)
@@ -222,7 +236,11 @@ async function invalidateS3Event (event, options) {
 
   const originPath = optOriginPath(options, cf)
   const byBucket = keysByBucket(event)
-  if (byBucket.size === 0) return []
+  if (byBucket.size === 0) {
+    // Not an S3 notification at all (an EventBridge event, a wrong trigger) must not pass for a quiet success.
+    if (s3Records(event).length === 0) warn(logger, 'cf-invalidation-tracker: the event holds no S3 notification records (S3, SNS or SQS); nothing to invalidate')
+    return []
+  }
   const buckets = [...byBucket.keys()]
   const dists = cf.dist
     ? Object.fromEntries(buckets.map((b) => [b, [{ id: cf.dist, originPaths: [originPath ?? ''] }]]))
