@@ -214,8 +214,8 @@ function keysByBucket (event) {
  * Invalidates the objects an S3 event names (records `ObjectCreated:*` and `ObjectRemoved:*`; plain, or wrapped in
  * SNS/SQS records). Each key becomes the path it is served at, sent to `options.cf.dist` when given, else to every
  * distribution whose origin is the record's bucket: '/' + the key, less the origin's origin path (`originPath` with
- * `cf.dist`, else read from CloudFront; a key outside it is not served there). Other tracker options (`batchSize`, `queryStrings`,
- * `indexDocument`, `sendTimeoutMs`, ...) apply to the send; `wait: true` waits until CloudFront completed; `logger`
+ * `cf.dist`, else read from CloudFront; a key outside it is not served there). Other tracker options (`batchSize`,
+ * `queryStrings`, `indexDocument`, `sendTimeoutMs`, ...) apply to the send; `wait: true` waits until CloudFront completed; `logger`
  * is the tracker's (console by default, which in Lambda is CloudWatch).
  *
  * Resolves to an array with one report per distribution, in the tracker's report shape plus `distribution` (its id)
