@@ -547,7 +547,8 @@ const SLOTS = 16384
 
 /**
  * Starts a Redis Cluster of `masters` redis-servers on free loopback ports (replicas are added by `addReplica`),
- * each serving an equal range of the 16,384 slots, and resolves once every node reports the cluster ok and knows every slot's node.
+ * each serving an equal range of the 16,384 slots, and resolves once every node reports the cluster ok and knows
+ * every slot's node.
  * With `tls`, the nodes also listen for TLS (see startRedis) and speak TLS among themselves; the cluster then tells
  * clients the TLS ports (`tlsUrls`). With `password`, every node requires it.
  * `nodeFor(key)` is the node that serves a key (its raw client reads what the tracker wrote there).
