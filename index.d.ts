@@ -43,6 +43,8 @@ declare namespace createTracker {
         host?: string
         /** The server's password: with `port` and `hostname`, or with a `url` that has no credentials of its own. */
         password?: string
+        /** The database: with `port` and `hostname`, or with a `url` that names none (not with `sentinel`). */
+        db?: number | string
         /** Key prefix, wrapped in a `{hash tag}`. Default `cfit`. */
         prefix?: string
         /**

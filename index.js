@@ -60,8 +60,9 @@ function checkTtl (ttl, name = 'ttlInSec') {
  */
 class Tracker {
   constructor (options) {
-    const { native, logger, dispatch } = parseOptions(options)
+    const { native, logger, dispatch, warnings } = parseOptions(options)
     this._logger = logger
+    for (const warning of warnings) this._log('warn', warning)
     const log = logger ? ({ level, message }) => this._log(level, message) : undefined
     try {
       this._native = new NativeTracker(native, log, dispatch)

@@ -34,6 +34,28 @@ describe('options', () => {
     assert.ok(createTracker({ cf: { dist: 'E' }, store: 'memory://' }), 'credentials may come from the AWS chain')
   })
 
+  it('warns of option names it does not take, with the one most likely meant; the right ones pass quietly', () => {
+    const warnings = []
+    const logger = { info () {}, error () {}, warn: (m) => warnings.push(m) }
+    createTracker({ cf: { ...cf, acess_key: 'x' }, store: 'memory://', batchsize: 5, dryRun: true, logger })
+    createTracker({ cf, redis: { url: 'redis://127.0.0.1:1', database: 3, Prefix: 'app' }, logger })
+    assert.deepEqual(warnings, [
+      'cf-invalidation-tracker: unknown option options.batchsize ignored (did you mean batchSize?)',
+      'cf-invalidation-tracker: unknown option options.dryRun ignored',
+      'cf-invalidation-tracker: unknown option options.cf.acess_key ignored',
+      'cf-invalidation-tracker: unknown option options.redis.database ignored',
+      'cf-invalidation-tracker: unknown option options.redis.Prefix ignored (did you mean prefix?)'
+    ])
+    warnings.length = 0
+    createTracker({
+      cf: { ...cf, region: 'us-east-1', endpoint: 'http://127.0.0.1:1' },
+      redis: { url: 'redis://127.0.0.1:1', password: 'p', db: 2, prefix: 'app', tls: false, cluster: false },
+      logger, batchSize: 10, maxPaths: 10, maxTrackedUrls: 10, sendTimeoutMs: 10, pollIntervalMs: 10, leaseMs: 10,
+      flushIntervalMs: 10, storeTimeoutMs: 10, bufferCapacity: 10, queryStrings: 'keep', indexDocument: 'index.html'
+    })
+    assert.deepEqual(warnings, [])
+  })
+
   it('refuses options of the wrong type with Node codes', () => {
     const bad = [
       [{ cf: 'x', redis: true }, TypeError, 'ERR_INVALID_ARG_TYPE'],
@@ -49,7 +71,10 @@ describe('options', () => {
       [{ cf, store: 'memory://', batchSize: 3001 }, RangeError, 'ERR_INVALID_ARG_VALUE'],
       [{ cf, store: 'memory://', batchSize: '10' }, TypeError, 'ERR_INVALID_ARG_TYPE'],
       [{ cf, store: 'memory://', logger: { info () {} } }, TypeError, 'ERR_INVALID_ARG_TYPE'],
-      [{ cf, store: 'memory://', queryStrings: 'drop' }, RangeError, 'ERR_INVALID_ARG_VALUE']
+      [{ cf, store: 'memory://', queryStrings: 'drop' }, RangeError, 'ERR_INVALID_ARG_VALUE'],
+      [{ cf, redis: { port: 6379, db: -1 } }, TypeError, 'ERR_INVALID_ARG_TYPE'],
+      [{ cf, redis: { url: 'redis://127.0.0.1:6379/2', db: 3 } }, RangeError, 'ERR_INVALID_ARG_VALUE'],
+      [{ cf, redis: { sentinel: { name: 'm', nodes: ['redis://127.0.0.1:26379'] }, db: 1 } }, RangeError, 'ERR_INVALID_ARG_VALUE']
     ]
     for (const [options, Type, code] of bad) {
       assert.throws(() => createTracker(options), (err) => err instanceof Type && err.code === code, JSON.stringify(options))
@@ -184,6 +209,14 @@ describe('the Redis store', () => {
       const b = env.tracker({ redis: true, cf: {} })
       assert.deepEqual(await b.listUrls(), [], 'default prefix holds nothing yet')
       const c = env.tracker({ redis: { REDIS_URL: process.env.REDIS_URL, prefix: 'pw' } })
+      // A database given beside the server, as node-redis takes it.
+      const inDb3 = env.tracker({ redis: { port, hostname: '127.0.0.1', password: 's3cret', db: 3, prefix: 'pw' } })
+      await inDb3.storeUrl('/db3')
+      const inDb3Too = env.tracker({ redis: { url: `redis://:s3cret@127.0.0.1:${port}`, db: '3', prefix: 'pw' } })
+      assert.deepEqual(await inDb3Too.listUrls(), ['/db3'])
+      assert.equal(await secured.client.command('SELECT', 3), 'OK')
+      assert.deepEqual(await secured.client.command('ZRANGE', '{pw}:urls', 0, -1), ['/db3'])
+      assert.equal(await secured.client.command('SELECT', 0), 'OK')
       assert.deepEqual(await c.listUrls(), ['/pw'])
       // node-redis's { url, password }: the password goes with a URL that has none; a URL's own credentials win.
       const d = env.tracker({ redis: { url: `redis://127.0.0.1:${port}`, password: 's3cret', prefix: 'pw' } })

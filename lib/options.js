@@ -40,6 +40,26 @@ function optBoolean (options, key, fallback, where = 'options') {
   return v
 }
 
+// The option names a tracker takes; another is most likely misspelt, and is warned of (not refused: an app may pass
+// an object it shares with other code).
+const KNOWN_OPTIONS = {
+  options: ['cf', 'redis', 'store', 'logger', 'batchSize', 'maxPaths', 'maxTrackedUrls', 'sendTimeoutMs', 'pollIntervalMs',
+    'leaseMs', 'flushIntervalMs', 'storeTimeoutMs', 'bufferCapacity', 'queryStrings', 'indexDocument', '_claimName'],
+  'options.cf': ['dist', 'access_key', 'accessKeyId', 'secret_key', 'secretAccessKey', 'session_token', 'sessionToken',
+    'region', 'endpoint'],
+  'options.redis': ['url', 'REDIS_URL', 'port', 'hostname', 'host', 'password', 'db', 'prefix', 'tls', 'cluster', 'sentinel']
+}
+
+/** Warnings for the names in `object` that `where` does not take, each with the known name it most likely meant. */
+function unknownOptions (object, where) {
+  const known = KNOWN_OPTIONS[where]
+  const squash = (name) => name.toLowerCase().replace(/[_-]/g, '')
+  return Object.keys(object).filter((k) => !known.includes(k)).map((k) => {
+    const meant = known.find((name) => squash(name) === squash(k))
+    return `cf-invalidation-tracker: unknown option ${where}.${k} ignored` + (meant ? ` (did you mean ${meant}?)` : '')
+  })
+}
+
 function parseCf (cf) {
   if (cf === undefined || cf === null) throw new Error(MISSING_CF)
   if (!isObject(cf)) throw argType('options.cf', 'of type object', cf)
@@ -71,11 +91,12 @@ function redisUrl (redis, env) {
   if (typeof redis === 'string') return redis
   if (!isObject(redis)) throw argType('options.redis', 'an object, a URL string or true', redis)
   const password = optString(redis, 'password', 'options.redis')
+  const db = redisDb(redis)
   const url = optString(redis, 'url', 'options.redis') ?? optString(redis, 'REDIS_URL', 'options.redis')
   if (url !== undefined) {
     if (!/^rediss?:\/\//.test(url)) throw argValue('options.redis.url', 'must be a redis:// or rediss:// URL', url)
-    // `{ url, password }` (node-redis's form): the password goes with a URL that has no credentials of its own.
-    return withPassword(url, redis)
+    // `{ url, password, db }` (node-redis's form): the password and database go with a URL that has none of its own.
+    return withDb(withPassword(url, redis), db)
   }
   const host = optString(redis, 'hostname', 'options.redis') ?? optString(redis, 'host', 'options.redis') ?? '127.0.0.1'
   const given = redis.port ?? 6379
@@ -86,7 +107,28 @@ function redisUrl (redis, env) {
   if (!Number.isInteger(port) || port < 1 || port > 65535) throw argValue('options.redis.port', 'must be a port number', given)
   const auth = password ? `:${encodeURIComponent(password)}@` : ''
   const h = host.includes(':') && !host.startsWith('[') ? `[${host}]` : host
-  return `redis://${auth}${h}:${port}`
+  return withDb(`redis://${auth}${h}:${port}`, db)
+}
+
+/** `redis.db`: a database number (a number, or a string of digits), or undefined. */
+function redisDb (redis) {
+  const given = redis.db
+  if (given === undefined || given === null) return undefined
+  if (!(typeof given === 'number' && Number.isInteger(given) && given >= 0) && !(typeof given === 'string' && /^\d+$/.test(given))) {
+    throw argType('options.redis.db', 'a database number', given)
+  }
+  if (redis.sentinel) throw argValue('options.redis.db', "is for one server: give the master's as sentinel.db", given)
+  return Number(given)
+}
+
+/** `url` with database `db` (if any); refused when the URL names another. */
+function withDb (url, db) {
+  if (db === undefined) return url
+  const [, base, path, rest] = url.match(/^(rediss?:\/\/[^/?#]*)(\/[^?#]*)?(.*)$/)
+  const named = path && path !== '/' ? path.slice(1) : undefined
+  if (named === undefined) return `${base}/${db}${rest}`
+  if (Number(named) !== db) throw argValue('options.redis.db', `differs from the database the URL names (/${named})`, db)
+  return url
 }
 
 const PEM = /-----BEGIN [A-Z0-9 ]+-----/
@@ -290,7 +332,9 @@ function parseOptions (options, env = process.env) {
     if (typeof options._claimName !== 'string' || native.store !== 'memory') throw argType('options._claimName', 'a string, with the memory store', options._claimName)
     native.claimName = options._claimName
   }
-  return { native, logger: parseLogger(options.logger), dispatch }
+  const warnings = [...unknownOptions(options, 'options'), ...unknownOptions(options.cf, 'options.cf')]
+  if (native.store === 'redis' && isObject(redis)) warnings.push(...unknownOptions(redis, 'options.redis'))
+  return { native, logger: parseLogger(options.logger), dispatch, warnings }
 }
 
 module.exports = { parseOptions, redisUrl, optBoolean, MISSING_CF, MAX_URL_LENGTH }
