@@ -64,8 +64,8 @@ describe('cli without services', () => {
     assert.ok(!r.stderr.includes('Pa55w0rd-s3cret'))
     // track and untrack give up at the first failed write, with the reason once (no retry line, nothing left to
     // write at exit).
-    assertFails(await run(['track', '/a', '/b'], { REDIS_URL: 'redis://127.0.0.1:1' }), 1, /Redis store: .*refused/)
-    assertFails(await run(['untrack', '/a'], { REDIS_URL: 'redis://127.0.0.1:1' }), 1, /Redis store: .*refused/)
+    assertFails(await run(['track', '/a', '/b'], { REDIS_URL: 'redis://127.0.0.1:1' }), 1, /Redis store at redis:\/\/127\.0\.0\.1:1: .*refused/)
+    assertFails(await run(['untrack', '/a'], { REDIS_URL: 'redis://127.0.0.1:1' }), 1, /Redis store at redis:\/\/127\.0\.0\.1:1: .*refused/)
   })
 })
 

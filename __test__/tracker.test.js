@@ -8,7 +8,7 @@ const path = require('node:path')
 const { spawnSync } = require('node:child_process')
 const createTracker = require('..')
 const { startEnv, sleep, noUnhandledRejections } = require('./helpers/env')
-const { startRedis } = require('./helpers/services')
+const { startRedis, freePort } = require('./helpers/services')
 
 let env
 before(async () => { env = await startEnv() })
@@ -275,6 +275,20 @@ describe('never crashes the host', () => {
     const res = spawnSync(process.execPath, ['-e', script], { encoding: 'utf8', timeout: 20000 })
     assert.equal(res.status, 0, res.stderr)
     assert.match(res.stdout, /alive/)
+  })
+
+  it('a server that cannot be reached is named in the error and the log, without its password', async () => {
+    const port = await freePort()
+    const lines = []
+    const logger = { info () {}, warn: (m) => lines.push(m), error: (m) => lines.push(m) }
+    const invl = createTracker({ cf: { dist: 'E' }, redis: { url: `redis://:hunter2@127.0.0.1:${port}/2` }, logger })
+    const named = `Redis store at redis://***@127.0.0.1:${port}/2: `
+    await assert.rejects(invl.listUrls(), (err) => err.code === 'ERR_CFIT_REDIS' && err.message.startsWith(named) &&
+      /refused/i.test(err.message) && !err.message.includes('hunter2'))
+    await assert.rejects(invl.storeUrl('/a'), (err) => err.message.startsWith(named))
+    assert.ok(lines.some((line) => line.includes(named)), lines.join('\n'))
+    assert.ok(lines.every((line) => !line.includes('hunter2')))
+    await invl.disconnect().catch(() => {})
   })
 
   it('errors from the native constructor carry their code, and no password', () => {

@@ -18,9 +18,15 @@ pub enum Error {
     #[error("invalid URL: {0}")]
     InvalidUrl(#[from] PathError),
 
-    /// The Redis store failed (connection, timeout or command error).
-    #[error("Redis store: {0}{hint}", hint = redis_hint(.0))]
-    Redis(#[source] Arc<redis::RedisError>),
+    /// The Redis store failed (connection, timeout or command error); `at` names the server it could not reach.
+    #[error("Redis store{at}: {source}{hint}", at = located(.at), hint = redis_hint(.source))]
+    Redis {
+        /// What redis-rs reported.
+        #[source]
+        source: Arc<redis::RedisError>,
+        /// The server (its URL without credentials), for a failure to reach it.
+        at: Option<Arc<str>>,
+    },
 
     /// A custom store method threw, rejected, called back an error or answered the wrong type.
     #[error("store method '{method}' failed: {message}")]
@@ -63,7 +69,7 @@ impl Error {
     pub fn code(&self) -> &'static str {
         match self {
             Error::InvalidArgument(_) | Error::InvalidUrl(_) => "ERR_INVALID_ARG_VALUE",
-            Error::Redis(_) => "ERR_CFIT_REDIS",
+            Error::Redis { .. } => "ERR_CFIT_REDIS",
             Error::Store { .. } => "ERR_CFIT_STORE",
             Error::StoreTimeout { .. } => "ERR_CFIT_STORE_TIMEOUT",
             Error::CloudFront { .. } => "ERR_CFIT_CLOUDFRONT",
@@ -80,8 +86,17 @@ impl Error {
 
 impl From<redis::RedisError> for Error {
     fn from(e: redis::RedisError) -> Self {
-        Error::Redis(Arc::new(e))
+        Error::Redis {
+            source: Arc::new(e),
+            at: None,
+        }
     }
+}
+
+fn located(at: &Option<Arc<str>>) -> String {
+    at.as_deref()
+        .map(|a| format!(" at {a}"))
+        .unwrap_or_default()
 }
 
 /// What to do about a Redis error that has one answer.

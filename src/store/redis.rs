@@ -657,6 +657,8 @@ return 0
 pub struct RedisStore {
     client: Client,
     config: RedisConfig,
+    /// The server as errors of reaching it name it: its URL without credentials, or the cluster's or Sentinel's.
+    shown: Arc<str>,
     keys: Keys,
     conn: Mutex<Option<Conn>>,
     known: Mutex<Known>,
@@ -719,12 +721,38 @@ impl RedisStore {
                 "redis.prefix must not be empty".into(),
             ));
         }
+        let shown = match &config.sentinel {
+            Some(sentinel) => format!("the master the Sentinels call {}", sentinel.name),
+            None if config.cluster => {
+                format!("the Redis Cluster of {}", without_credentials(&config.url))
+            }
+            None => without_credentials(&config.url),
+        };
         Ok(Self {
             keys: Keys::new(&config.prefix),
             client,
             config,
+            shown: shown.into(),
             conn: Mutex::new(None),
             known: Mutex::new(Known::default()),
+        })
+    }
+
+    /// Runs `work`; a failure to reach the server names the server (redis-rs says only "Connection refused").
+    async fn located<T>(&self, work: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        work.await.map_err(|e| match e {
+            Error::Redis { source, at: None }
+                if source.is_io_error()
+                    || source.is_connection_refusal()
+                    || source.is_timeout()
+                    || source.is_connection_dropped() =>
+            {
+                Error::Redis {
+                    source,
+                    at: Some(self.shown.clone()),
+                }
+            }
+            e => e,
         })
     }
 
@@ -953,130 +981,148 @@ impl Store for RedisStore {
     }
 
     async fn put(&self, entries: &[Entry], max_tracked: usize) -> Result<PutOutcome> {
-        // URLs this store wrote without expiry in the current generation are in Redis still: only the others travel,
-        // with the generation for Redis to check. Where it changed, nothing was written, and the skipped URLs go too.
-        let (expected, fresh, skipped) = {
-            let known = self.lock_known();
-            let (fresh, skipped): (Vec<&Entry>, Vec<&Entry>) = match &known.generation {
-                Some(_) => entries
-                    .iter()
-                    .partition(|e| e.expires_at.is_some() || !known.contains(&e.path)),
-                None => (entries.iter().collect(), Vec::new()),
+        self.located(async {
+            // URLs this store wrote without expiry in the current generation are in Redis still: only the others travel,
+            // with the generation for Redis to check. Where it changed, nothing was written, and the skipped URLs go too.
+            let (expected, fresh, skipped) = {
+                let known = self.lock_known();
+                let (fresh, skipped): (Vec<&Entry>, Vec<&Entry>) = match &known.generation {
+                    Some(_) => entries
+                        .iter()
+                        .partition(|e| e.expires_at.is_some() || !known.contains(&e.path)),
+                    None => (entries.iter().collect(), Vec::new()),
+                };
+                (known.generation.clone(), fresh, skipped)
             };
-            (known.generation.clone(), fresh, skipped)
-        };
-        let expected = match expected {
-            Some(g) if !skipped.is_empty() => g,
-            _ => {
-                let written = self.put_chunks(&fresh, max_tracked, "").await?;
+            let expected = match expected {
+                Some(g) if !skipped.is_empty() => g,
+                _ => {
+                    let written = self.put_chunks(&fresh, max_tracked, "").await?;
+                    return self.finish_put(&fresh, written).await;
+                }
+            };
+            let mut written = self.put_chunks(&fresh, max_tracked, &expected).await?;
+            if !written.stale.iter().any(|&s| s) {
                 return self.finish_put(&fresh, written).await;
             }
-        };
-        let mut written = self.put_chunks(&fresh, max_tracked, &expected).await?;
-        if !written.stale.iter().any(|&s| s) {
-            return self.finish_put(&fresh, written).await;
-        }
-        let mut again = skipped;
-        for (chunk, stale) in fresh.chunks(PUT_CHUNK).zip(&written.stale) {
-            if *stale {
-                again.extend_from_slice(chunk);
+            let mut again = skipped;
+            for (chunk, stale) in fresh.chunks(PUT_CHUNK).zip(&written.stale) {
+                if *stale {
+                    again.extend_from_slice(chunk);
+                }
             }
-        }
-        let retried = self.put_chunks(&again, max_tracked, "").await?;
-        // What the first try wrote is not remembered: only what was written without a check.
-        written.generations = retried.generations;
-        written.over.extend(retried.over);
-        self.finish_put(&again, written).await
+            let retried = self.put_chunks(&again, max_tracked, "").await?;
+            // What the first try wrote is not remembered: only what was written without a check.
+            written.generations = retried.generations;
+            written.over.extend(retried.over);
+            self.finish_put(&again, written).await
+        })
+        .await
     }
 
     async fn put_overflow(&self, wildcards: &[String]) -> Result<()> {
-        let mut con = self.conn().await?;
-        for chunk in wildcards.chunks(PUT_CHUNK) {
-            let mut inv = PUT_OVERFLOW.prepare_invoke();
-            inv.key(&self.keys.overflow).arg(MAX_OVERFLOW_WILDCARDS);
-            for w in chunk {
-                inv.arg(w);
+        self.located(async {
+            let mut con = self.conn().await?;
+            for chunk in wildcards.chunks(PUT_CHUNK) {
+                let mut inv = PUT_OVERFLOW.prepare_invoke();
+                inv.key(&self.keys.overflow).arg(MAX_OVERFLOW_WILDCARDS);
+                for w in chunk {
+                    inv.arg(w);
+                }
+                inv.invoke_async::<i64>(&mut con).await?;
             }
-            inv.invoke_async::<i64>(&mut con).await?;
-        }
-        Ok(())
+            Ok(())
+        })
+        .await
     }
 
     async fn set_expiry(&self, path: &str, expires_at: Option<u64>) -> Result<()> {
-        let mut con = self.conn().await?;
-        SET_EXPIRY
-            .key(&self.keys.urls)
-            .key(&self.keys.gen)
-            .arg(score(expires_at))
-            .arg(path)
-            .invoke_async::<i64>(&mut con)
-            .await?;
-        Ok(())
+        self.located(async {
+            let mut con = self.conn().await?;
+            SET_EXPIRY
+                .key(&self.keys.urls)
+                .key(&self.keys.gen)
+                .arg(score(expires_at))
+                .arg(path)
+                .invoke_async::<i64>(&mut con)
+                .await?;
+            Ok(())
+        })
+        .await
     }
 
     async fn remove(&self, paths: &[String]) -> Result<()> {
-        if paths.is_empty() {
-            return Ok(());
-        }
-        let mut con = self.conn().await?;
-        for chunk in paths.chunks(PUT_CHUNK) {
-            REMOVE
-                .key(&self.keys.urls)
-                .key(&self.keys.gen)
-                .arg(chunk)
-                .invoke_async::<i64>(&mut con)
-                .await?;
-        }
-        Ok(())
+        self.located(async {
+            if paths.is_empty() {
+                return Ok(());
+            }
+            let mut con = self.conn().await?;
+            for chunk in paths.chunks(PUT_CHUNK) {
+                REMOVE
+                    .key(&self.keys.urls)
+                    .key(&self.keys.gen)
+                    .arg(chunk)
+                    .invoke_async::<i64>(&mut con)
+                    .await?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     async fn list(&self) -> Result<Listing> {
-        let mut con = self.conn().await?;
-        let now = now_ms();
-        let tracked: Vec<String> = con
-            .zrangebyscore(&self.keys.urls, format!("({now}"), "+inf")
-            .await?;
-        let mut urls: BTreeSet<String> = tracked.into_iter().collect();
-        let waiting: Vec<String> = con.smembers(&self.keys.overflow).await?;
-        let mut overflow: BTreeSet<String> = waiting.into_iter().collect();
-        let ids: Vec<String> = con.zrange(&self.keys.claims, 0, -1).await?;
-        for id in ids {
-            urls.extend(
-                self.read_zset(&mut con, &self.keys.claim(&id, "urls"))
-                    .await?,
-            );
-            let claimed: Vec<String> = con.smembers(self.keys.claim(&id, "overflow")).await?;
-            overflow.extend(claimed);
-        }
-        Ok(Listing {
-            urls: urls.into_iter().collect(),
-            overflow: overflow.into_iter().collect(),
+        self.located(async {
+            let mut con = self.conn().await?;
+            let now = now_ms();
+            let tracked: Vec<String> = con
+                .zrangebyscore(&self.keys.urls, format!("({now}"), "+inf")
+                .await?;
+            let mut urls: BTreeSet<String> = tracked.into_iter().collect();
+            let waiting: Vec<String> = con.smembers(&self.keys.overflow).await?;
+            let mut overflow: BTreeSet<String> = waiting.into_iter().collect();
+            let ids: Vec<String> = con.zrange(&self.keys.claims, 0, -1).await?;
+            for id in ids {
+                urls.extend(
+                    self.read_zset(&mut con, &self.keys.claim(&id, "urls"))
+                        .await?,
+                );
+                let claimed: Vec<String> = con.smembers(self.keys.claim(&id, "overflow")).await?;
+                overflow.extend(claimed);
+            }
+            Ok(Listing {
+                urls: urls.into_iter().collect(),
+                overflow: overflow.into_iter().collect(),
+            })
         })
+        .await
     }
 
     async fn claim(&self, lease_ms: u64) -> Result<Vec<Claim>> {
-        let mut con = self.conn().await?;
-        let id = new_claim_id();
-        let (stale, made): (Vec<String>, i64) = CLAIM
-            .key(&self.keys.urls)
-            .key(&self.keys.overflow)
-            .key(&self.keys.claims)
-            .key(self.keys.claim(&id, "urls"))
-            .key(self.keys.claim(&id, "overflow"))
-            .key(&self.keys.gen)
-            .arg(now_ms())
-            .arg(lease_ms)
-            .arg(&id)
-            .invoke_async(&mut con)
-            .await?;
-        let mut claims = Vec::with_capacity(stale.len() + 1);
-        for old in stale {
-            claims.push(self.read_claim(&mut con, &old, true).await?);
-        }
-        if made == 1 {
-            claims.push(self.read_claim(&mut con, &id, false).await?);
-        }
-        Ok(claims)
+        self.located(async {
+            let mut con = self.conn().await?;
+            let id = new_claim_id();
+            let (stale, made): (Vec<String>, i64) = CLAIM
+                .key(&self.keys.urls)
+                .key(&self.keys.overflow)
+                .key(&self.keys.claims)
+                .key(self.keys.claim(&id, "urls"))
+                .key(self.keys.claim(&id, "overflow"))
+                .key(&self.keys.gen)
+                .arg(now_ms())
+                .arg(lease_ms)
+                .arg(&id)
+                .invoke_async(&mut con)
+                .await?;
+            let mut claims = Vec::with_capacity(stale.len() + 1);
+            for old in stale {
+                claims.push(self.read_claim(&mut con, &old, true).await?);
+            }
+            if made == 1 {
+                claims.push(self.read_claim(&mut con, &id, false).await?);
+            }
+            Ok(claims)
+        })
+        .await
     }
 
     async fn save_plan(
@@ -1084,35 +1130,38 @@ impl Store for RedisStore {
         claim_id: &str,
         plan: Vec<PlannedBatch>,
     ) -> Result<Vec<PlannedBatch>> {
-        let mut con = self.conn().await?;
-        // Written in chunks under a draft key of our own, then made the plan in one step: a large plan never travels
-        // as one command, and of two senders saving a plan for one claim the first wins.
-        let draft = self
-            .keys
-            .claim(claim_id, &format!("plan-draft:{}", new_claim_id()));
-        for chunk in plan.chunks(PLAN_CHUNK) {
-            let encoded = chunk.iter().map(encode_batch).collect::<Result<Vec<_>>>()?;
-            redis::pipe()
-                .rpush(&draft, encoded)
-                .ignore()
-                .expire(&draft, BILL_TTL_SECS)
-                .ignore()
-                .query_async::<()>(&mut con)
+        self.located(async {
+            let mut con = self.conn().await?;
+            // Written in chunks under a draft key of our own, then made the plan in one step: a large plan never travels
+            // as one command, and of two senders saving a plan for one claim the first wins.
+            let draft = self
+                .keys
+                .claim(claim_id, &format!("plan-draft:{}", new_claim_id()));
+            for chunk in plan.chunks(PLAN_CHUNK) {
+                let encoded = chunk.iter().map(encode_batch).collect::<Result<Vec<_>>>()?;
+                redis::pipe()
+                    .rpush(&draft, encoded)
+                    .ignore()
+                    .expire(&draft, BILL_TTL_SECS)
+                    .ignore()
+                    .query_async::<()>(&mut con)
+                    .await?;
+            }
+            let saved: i64 = SAVE_PLAN
+                .key(&self.keys.claims)
+                .key(self.keys.claim(claim_id, "plan"))
+                .key(&draft)
+                .arg(claim_id)
+                .invoke_async(&mut con)
                 .await?;
-        }
-        let saved: i64 = SAVE_PLAN
-            .key(&self.keys.claims)
-            .key(self.keys.claim(claim_id, "plan"))
-            .key(&draft)
-            .arg(claim_id)
-            .invoke_async(&mut con)
-            .await?;
-        match saved {
-            1 => Ok(plan),
-            // The claim is gone: another sender finished it.
-            -1 => Ok(Vec::new()),
-            _ => self.read_plan(&mut con, claim_id).await,
-        }
+            match saved {
+                1 => Ok(plan),
+                // The claim is gone: another sender finished it.
+                -1 => Ok(Vec::new()),
+                _ => self.read_plan(&mut con, claim_id).await,
+            }
+        })
+        .await
     }
 
     async fn batch_done(
@@ -1122,84 +1171,102 @@ impl Store for RedisStore {
         batch: &PlannedBatch,
         billed: usize,
     ) -> Result<()> {
-        let mut con = self.conn().await?;
-        let mut inv = BATCH_DONE.prepare_invoke();
-        inv.key(&self.keys.claims)
-            .key(self.keys.claim(claim_id, "done"))
-            .key(self.keys.claim(claim_id, "urls"))
-            .key(self.keys.billed(&month_key(now_ms())))
-            .arg(claim_id)
-            .arg(index)
-            .arg(billed)
-            .arg(BILL_TTL_SECS);
-        for url in batch.covered() {
-            inv.arg(url);
-        }
-        inv.invoke_async::<i64>(&mut con).await?;
-        Ok(())
+        self.located(async {
+            let mut con = self.conn().await?;
+            let mut inv = BATCH_DONE.prepare_invoke();
+            inv.key(&self.keys.claims)
+                .key(self.keys.claim(claim_id, "done"))
+                .key(self.keys.claim(claim_id, "urls"))
+                .key(self.keys.billed(&month_key(now_ms())))
+                .arg(claim_id)
+                .arg(index)
+                .arg(billed)
+                .arg(BILL_TTL_SECS);
+            for url in batch.covered() {
+                inv.arg(url);
+            }
+            inv.invoke_async::<i64>(&mut con).await?;
+            Ok(())
+        })
+        .await
     }
 
     async fn renew(&self, claim_id: &str, lease_ms: u64) -> Result<()> {
-        let mut con = self.conn().await?;
-        RENEW
-            .key(&self.keys.claims)
-            .arg(claim_id)
-            .arg(now_ms() + lease_ms)
-            .invoke_async::<i64>(&mut con)
-            .await?;
-        Ok(())
+        self.located(async {
+            let mut con = self.conn().await?;
+            RENEW
+                .key(&self.keys.claims)
+                .arg(claim_id)
+                .arg(now_ms() + lease_ms)
+                .invoke_async::<i64>(&mut con)
+                .await?;
+            Ok(())
+        })
+        .await
     }
 
     async fn release(&self, claim_id: &str) -> Result<()> {
-        let mut con = self.conn().await?;
-        // Score 0: the lease has run out, the next send resumes it.
-        redis::cmd("ZADD")
-            .arg(&self.keys.claims)
-            .arg("XX")
-            .arg(0)
-            .arg(claim_id)
-            .query_async::<()>(&mut con)
-            .await?;
-        Ok(())
+        self.located(async {
+            let mut con = self.conn().await?;
+            // Score 0: the lease has run out, the next send resumes it.
+            redis::cmd("ZADD")
+                .arg(&self.keys.claims)
+                .arg("XX")
+                .arg(0)
+                .arg(claim_id)
+                .query_async::<()>(&mut con)
+                .await?;
+            Ok(())
+        })
+        .await
     }
 
     async fn give_back(&self, claim_id: &str) -> Result<()> {
-        let mut con = self.conn().await?;
-        GIVE_BACK
-            .key(&self.keys.claims)
-            .key(&self.keys.urls)
-            .key(&self.keys.overflow)
-            .key(self.keys.claim(claim_id, "urls"))
-            .key(self.keys.claim(claim_id, "overflow"))
-            .key(self.keys.claim(claim_id, "plan"))
-            .key(self.keys.claim(claim_id, "done"))
-            .arg(claim_id)
-            .arg(MAX_OVERFLOW_WILDCARDS)
-            .invoke_async::<i64>(&mut con)
-            .await?;
-        Ok(())
+        self.located(async {
+            let mut con = self.conn().await?;
+            GIVE_BACK
+                .key(&self.keys.claims)
+                .key(&self.keys.urls)
+                .key(&self.keys.overflow)
+                .key(self.keys.claim(claim_id, "urls"))
+                .key(self.keys.claim(claim_id, "overflow"))
+                .key(self.keys.claim(claim_id, "plan"))
+                .key(self.keys.claim(claim_id, "done"))
+                .arg(claim_id)
+                .arg(MAX_OVERFLOW_WILDCARDS)
+                .invoke_async::<i64>(&mut con)
+                .await?;
+            Ok(())
+        })
+        .await
     }
 
     async fn finish(&self, claim_id: &str) -> Result<()> {
-        let mut con = self.conn().await?;
-        redis::pipe()
-            .atomic()
-            .zrem(&self.keys.claims, claim_id)
-            .unlink(&[
-                self.keys.claim(claim_id, "urls"),
-                self.keys.claim(claim_id, "overflow"),
-                self.keys.claim(claim_id, "plan"),
-                self.keys.claim(claim_id, "done"),
-            ])
-            .query_async::<()>(&mut con)
-            .await?;
-        Ok(())
+        self.located(async {
+            let mut con = self.conn().await?;
+            redis::pipe()
+                .atomic()
+                .zrem(&self.keys.claims, claim_id)
+                .unlink(&[
+                    self.keys.claim(claim_id, "urls"),
+                    self.keys.claim(claim_id, "overflow"),
+                    self.keys.claim(claim_id, "plan"),
+                    self.keys.claim(claim_id, "done"),
+                ])
+                .query_async::<()>(&mut con)
+                .await?;
+            Ok(())
+        })
+        .await
     }
 
     async fn billed_this_month(&self) -> Result<u64> {
-        let mut con = self.conn().await?;
-        let n: Option<u64> = con.get(self.keys.billed(&month_key(now_ms()))).await?;
-        Ok(n.unwrap_or(0))
+        self.located(async {
+            let mut con = self.conn().await?;
+            let n: Option<u64> = con.get(self.keys.billed(&month_key(now_ms()))).await?;
+            Ok(n.unwrap_or(0))
+        })
+        .await
     }
 
     async fn disconnect(&self) -> Result<()> {
