@@ -62,6 +62,10 @@ describe('cli without services', () => {
     const r = await run(['list'], { REDIS_URL: 'redis://user:Pa55w0rd-s3cret@127.0.0.1:1' })
     assertFails(r, 1, /Redis/)
     assert.ok(!r.stderr.includes('Pa55w0rd-s3cret'))
+    // Nor when the URL lacks its scheme, and is refused.
+    const slip = await run(['list'], { REDIS_URL: 'user:Pa55w0rd-s3cret@127.0.0.1:1' })
+    assertFails(slip, 2, /\*\*\*@127\.0\.0\.1:1/)
+    assert.ok(!slip.stderr.includes('Pa55w0rd-s3cret'))
     // track and untrack give up at the first failed write, with the reason once (no retry line, nothing left to
     // write at exit).
     assertFails(await run(['track', '/a', '/b'], { REDIS_URL: 'redis://127.0.0.1:1' }), 1, /Redis store at redis:\/\/127\.0\.0\.1:1: .*refused/)

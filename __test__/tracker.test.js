@@ -300,6 +300,11 @@ describe('never crashes the host', () => {
       () => createTracker({ cf: { dist: 'E' }, redis: 'http://:hunter2@redis.internal:6379' }),
       (err) => err.code === 'ERR_INVALID_ARG_VALUE' && !err.message.includes('hunter2')
     )
+    // A URL given without its scheme (a slip), its password with a '/' in it, a cluster's node likewise.
+    for (const redis of [{ url: 'default:hun/ter2@redis.internal:6379' }, { cluster: ['app:hunter2@node-1:6379'] }]) {
+      assert.throws(() => createTracker({ cf: { dist: 'E' }, redis }),
+        (err) => err.code === 'ERR_INVALID_ARG_VALUE' && /\*\*\*@/.test(err.message) && !/hunter2|hun\/ter2/.test(err.message))
+    }
   })
 })
 

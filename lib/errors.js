@@ -17,9 +17,13 @@ function argValue (name, reason, actual) {
   return err
 }
 
-/** Hides the credentials of a URL (`scheme://user:pass@host` becomes `scheme://***@host`). */
+/**
+ * Hides the credentials of a URL (`scheme://user:pass@host` becomes `scheme://***@host`), also of one given without
+ * its scheme (`user:pass@host`, a slip the URL check then quotes).
+ */
 function redact (text) {
-  return text.replace(/\/\/[^/@\s]*@/g, '//***@')
+  const shown = text.replace(/\/\/\S*@/g, '//***@')
+  return /^\S*:\/\//.test(shown) ? shown : shown.replace(/^\S*@/, '***@')
 }
 
 function describe (value) {
