@@ -178,7 +178,7 @@ class Tracker {
       if (ttlInSec !== undefined && ttlInSec !== null) {
         if (typeof ttlInSec === 'object') {
           ttl = ttlInSec.ttl ?? undefined
-          wildcard = ttlInSec.wildcard === true
+          wildcard = optBoolean(ttlInSec, 'wildcard', false, 'options')
           if (ttl !== undefined) checkTtl(ttl, 'options.ttl')
         } else {
           checkTtl(ttlInSec)

@@ -453,6 +453,15 @@ describe('middleware', () => {
     assert.throws(() => invl.middleware({ ttl: -1 }), { name: 'RangeError', code: 'ERR_INVALID_ARG_VALUE' })
     assert.throws(() => require('../lib/middleware').middleware({}), { code: 'ERR_INVALID_ARG_TYPE' })
   })
+
+  test('warns of an option name it does not take, with the one most likely meant', () => {
+    const warnings = []
+    const logger = { info () {}, error () {}, warn: (m) => warnings.push(m) }
+    const invl = createTracker({ cf: { dist: 'E' }, store: 'memory://', logger })
+    invl.middleware({ onlyCloudfront: true, methods: ['GET'] })
+    invl.middleware({ onlyCloudFront: true, methods: ['GET'], statuses: [200], ttl: 5, filter: () => true, removeOn404: false })
+    assert.deepEqual(warnings, ['cf-invalidation-tracker: unknown option middleware.onlyCloudfront ignored (did you mean onlyCloudFront?)'])
+  })
 })
 
 describe('middleware while Redis is down', () => {

@@ -95,6 +95,7 @@ describe('calls', () => {
       [() => invl.storeUrl('/x', NaN), RangeError, 'ERR_INVALID_ARG_VALUE'],
       [() => invl.storeUrl('/x', Infinity), RangeError, 'ERR_INVALID_ARG_VALUE'],
       [() => invl.storeUrl('/x', '60'), TypeError, 'ERR_INVALID_ARG_TYPE'],
+      [() => invl.storeUrl('/x', { wildcard: 'yes' }), TypeError, 'ERR_INVALID_ARG_TYPE'],
       [() => invl.setUrlTTL('/ok', -5), RangeError, 'ERR_INVALID_ARG_VALUE'],
       [() => invl.removeUrl(null), TypeError, 'ERR_INVALID_ARG_TYPE'],
       [() => invl.sendInvalidation('now'), TypeError, 'ERR_INVALID_ARG_TYPE'],

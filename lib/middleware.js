@@ -4,9 +4,10 @@
 
 const { ServerResponse, OutgoingMessage } = require('node:http')
 const { argType, argValue } = require('./errors')
-const { MAX_URL_LENGTH, optBoolean } = require('./options')
+const { MAX_URL_LENGTH, optBoolean, unknownOptions } = require('./options')
 
 const DEFAULT_METHODS = ['GET', 'HEAD']
+const OPTIONS = ['methods', 'statuses', 'ttl', 'filter', 'removeOn404', 'onlyCloudFront']
 const { getHeader } = OutgoingMessage.prototype
 const UNCACHEABLE = /(?:^|,)\s*(?:no-store|private)\s*(?:[=,]|$)/i
 
@@ -88,6 +89,10 @@ function middleware (tracker, options = {}) {
   const filter = optFunction(options, 'filter')
   const removeOn404 = optBoolean(options, 'removeOn404', true)
   const onlyCloudFront = optBoolean(options, 'onlyCloudFront', false)
+  // A misspelt option (onlyCloudfront) would track what it was meant to leave alone: said, once.
+  for (const warning of unknownOptions(options, 'middleware', OPTIONS)) {
+    if (typeof tracker._log === 'function') tracker._log('warn', warning)
+  }
 
   function report (err) {
     try {

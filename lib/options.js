@@ -50,9 +50,11 @@ const KNOWN_OPTIONS = {
   'options.redis': ['url', 'REDIS_URL', 'port', 'hostname', 'host', 'password', 'db', 'prefix', 'tls', 'cluster', 'sentinel']
 }
 
-/** Warnings for the names in `object` that `where` does not take, each with the known name it most likely meant. */
-function unknownOptions (object, where) {
-  const known = KNOWN_OPTIONS[where]
+/**
+ * Warnings for the names in `object` that `where` does not take (`known`, or those listed for it), each with the
+ * known name it most likely meant.
+ */
+function unknownOptions (object, where, known = KNOWN_OPTIONS[where]) {
   const squash = (name) => name.toLowerCase().replace(/[_-]/g, '')
   return Object.keys(object).filter((k) => !known.includes(k)).map((k) => {
     const meant = known.find((name) => squash(name) === squash(k))
@@ -337,4 +339,4 @@ function parseOptions (options, env = process.env) {
   return { native, logger: parseLogger(options.logger), dispatch, warnings }
 }
 
-module.exports = { parseOptions, redisUrl, optBoolean, MISSING_CF, MAX_URL_LENGTH }
+module.exports = { parseOptions, redisUrl, optBoolean, unknownOptions, MISSING_CF, MAX_URL_LENGTH }
