@@ -41,7 +41,12 @@ declare namespace createTracker {
         port?: number | string
         hostname?: string
         host?: string
-        /** The server's password: with `port` and `hostname`, or with a `url` that has no credentials of its own. */
+        /** An ACL user (Redis 6+, ElastiCache RBAC), with `password`; none: the `default` user. */
+        username?: string
+        /**
+         * The password: with `port` and `hostname`, or with a `url` that has no credentials of its own (or names a user
+         * without a password).
+         */
         password?: string
         /** The database: with `port` and `hostname`, or with a `url` that names none (not with `sentinel`). */
         db?: number | string

@@ -210,6 +210,14 @@ describe('the Redis store', () => {
       const b = env.tracker({ redis: true, cf: {} })
       assert.deepEqual(await b.listUrls(), [], 'default prefix holds nothing yet')
       const c = env.tracker({ redis: { REDIS_URL: process.env.REDIS_URL, prefix: 'pw' } })
+      // An ACL user (Redis 6, ElastiCache RBAC): username beside the password, or named in the URL.
+      assert.equal(await secured.client.command('ACL', 'SETUSER', 'app', 'on', '>app pw', '~{pw}:*', '+@all'), 'OK')
+      const asApp = env.tracker({ redis: { port, hostname: '127.0.0.1', username: 'app', password: 'app pw', prefix: 'pw' } })
+      assert.deepEqual(await asApp.listUrls(), ['/pw'])
+      const asAppToo = env.tracker({ redis: { url: `redis://app@127.0.0.1:${port}`, password: 'app pw', prefix: 'pw' } })
+      assert.deepEqual(await asAppToo.listUrls(), ['/pw'])
+      const notApp = env.tracker({ redis: { url: `redis://127.0.0.1:${port}`, username: 'app', password: 's3cret', prefix: 'pw' } })
+      await assert.rejects(notApp.listUrls(), (err) => err.code === 'ERR_CFIT_REDIS' && !/s3cret|app pw/.test(err.message))
       // A database given beside the server, as node-redis takes it.
       const inDb3 = env.tracker({ redis: { port, hostname: '127.0.0.1', password: 's3cret', db: 3, prefix: 'pw' } })
       await inDb3.storeUrl('/db3')

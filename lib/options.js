@@ -47,7 +47,7 @@ const KNOWN_OPTIONS = {
     'leaseMs', 'flushIntervalMs', 'storeTimeoutMs', 'bufferCapacity', 'queryStrings', 'indexDocument', '_claimName'],
   'options.cf': ['dist', 'access_key', 'accessKeyId', 'secret_key', 'secretAccessKey', 'session_token', 'sessionToken',
     'region', 'endpoint'],
-  'options.redis': ['url', 'REDIS_URL', 'port', 'hostname', 'host', 'password', 'db', 'prefix', 'tls', 'cluster', 'sentinel']
+  'options.redis': ['url', 'REDIS_URL', 'port', 'hostname', 'host', 'username', 'password', 'db', 'prefix', 'tls', 'cluster', 'sentinel']
 }
 
 /**
@@ -92,7 +92,8 @@ function redisUrl (redis, env) {
   if (redis === true) return env.REDIS_URL || 'redis://127.0.0.1:6379'
   if (typeof redis === 'string') return redis
   if (!isObject(redis)) throw argType('options.redis', 'an object, a URL string or true', redis)
-  const password = optString(redis, 'password', 'options.redis')
+  optString(redis, 'password', 'options.redis')
+  optString(redis, 'username', 'options.redis')
   const db = redisDb(redis)
   const url = optString(redis, 'url', 'options.redis') ?? optString(redis, 'REDIS_URL', 'options.redis')
   if (url !== undefined) {
@@ -107,7 +108,7 @@ function redisUrl (redis, env) {
   }
   const port = Number(given)
   if (!Number.isInteger(port) || port < 1 || port > 65535) throw argValue('options.redis.port', 'must be a port number', given)
-  const auth = password ? `:${encodeURIComponent(password)}@` : ''
+  const auth = passwordAuth(redis)
   const h = host.includes(':') && !host.startsWith('[') ? `[${host}]` : host
   return withDb(`redis://${auth}${h}:${port}`, db)
 }
@@ -192,14 +193,22 @@ function parseRedisCluster (redis) {
   return redisUrls(cluster, 'options.redis.cluster', 'true or an array of redis:// URLs of its nodes')
 }
 
-/** `:password@` for `redis.password`, or nothing. */
+/** `user:password@` for `redis.username` (an ACL user; none: `default`) and `redis.password`, or nothing. */
 function passwordAuth (redis) {
-  return redis.password ? `:${encodeURIComponent(redis.password)}@` : ''
+  const user = redis.username ? encodeURIComponent(redis.username) : ''
+  const password = redis.password ? `:${encodeURIComponent(redis.password)}` : ''
+  return user || password ? `${user}${password}@` : ''
 }
 
-/** `url` with `redis.password` in it, unless it has credentials of its own. */
+/**
+ * `url` with `redis.username` and `redis.password` in it, unless it has credentials of its own; a URL that names a
+ * user without a password (`redis://app@host`) gets `redis.password` as that user's.
+ */
 function withPassword (url, redis) {
-  return /^rediss?:\/\/[^/]*@/.test(url) ? url : url.replace(/^(rediss?:\/\/)/, `$1${passwordAuth(redis)}`)
+  const [, scheme, userinfo, rest] = url.match(/^(rediss?:\/\/)(?:([^/]*)@)?(.*)$/s)
+  if (userinfo === undefined) return `${scheme}${passwordAuth(redis)}${rest}`
+  if (!userinfo.includes(':') && redis.password) return `${scheme}${userinfo}:${encodeURIComponent(redis.password)}@${rest}`
+  return url
 }
 
 /** A non-empty array of redis:// or rediss:// URLs. */
