@@ -62,6 +62,12 @@ describe('cli without services', () => {
     const r = await run(['list'], { REDIS_URL: 'redis://user:Pa55w0rd-s3cret@127.0.0.1:1' })
     assertFails(r, 1, /Redis/)
     assert.ok(!r.stderr.includes('Pa55w0rd-s3cret'))
+    // send --json: stdout holds the error even though no report was made.
+    const json = await run(['send', '--json'], { CF_DIST: 'E1', REDIS_URL: 'redis://user:Pa55w0rd-s3cret@127.0.0.1:1' })
+    assert.equal(json.code, 1)
+    const { error } = JSON.parse(json.stdout)
+    assert.equal(error.code, 'ERR_CFIT_REDIS')
+    assert.ok(!json.stdout.includes('Pa55w0rd-s3cret') && !json.stderr.includes('Pa55w0rd-s3cret'))
     // Nor when the URL lacks its scheme, and is refused.
     const slip = await run(['list'], { REDIS_URL: 'user:Pa55w0rd-s3cret@127.0.0.1:1' })
     assertFails(slip, 2, /\*\*\*@127\.0\.0\.1:1/)

@@ -241,9 +241,10 @@ async function send (tracker, cli, { out, stderr, progress, fail }) {
     report = await tracker.sendInvalidation({ wait: cli.wait, dryRun: cli.dryRun })
   } catch (err) {
     progress.done()
-    if (!err.report) throw err
+    // With --json, stdout holds what is known: the report, or only the error when none was made (the store failed).
     if (cli.json) out(JSON.stringify({ ...err.report, error: { code: err.code, message: cli.redact(err.message) } }))
-    else for (const line of sendSummary(err.report, cli.dist)) out(line)
+    if (!err.report) throw err
+    if (!cli.json) for (const line of sendSummary(err.report, cli.dist)) out(line)
     return fail(new Error(`${err.message} (${plural(err.report.kept, 'URL')} kept for the next send)`), 1)
   }
   progress.done()
