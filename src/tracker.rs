@@ -8,7 +8,7 @@ use crate::send::{self, Log, SendConfig, SendOptions, SendReport};
 use crate::store::{now_ms, Listing, Store};
 use std::borrow::Cow;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Everything a tracker is configured with, besides its store and CloudFront settings.
 #[derive(Clone, Debug)]
@@ -67,6 +67,35 @@ pub struct Tracker {
     /// The tracker itself, held while calls wait in its buffer, so that a tracker its owner let go of (a JavaScript
     /// tracker collected as garbage) still writes them; let go of once the buffer is empty.
     held: Mutex<Option<Arc<Tracker>>>,
+    /// The flood guard's warnings: a flood lasts, and would otherwise be logged at every write.
+    overflow_said: Mutex<Recurring>,
+    removals_dropped_said: Mutex<Recurring>,
+}
+
+/// How often a warning that recurs at every write while its cause lasts is logged again.
+const RECURRING_WARNING_EVERY: Duration = Duration::from_secs(60);
+
+/// A warning that recurs at every write while its cause lasts (a flood): said at once, then at most once every
+/// [`RECURRING_WARNING_EVERY`], with the count of everything since the last time it was said.
+#[derive(Default)]
+struct Recurring {
+    said_at: Option<Instant>,
+    unsaid: u64,
+}
+
+impl Recurring {
+    /// Notes `count` more; returns the count to say now, if the warning is due.
+    fn note(&mut self, count: u64, now: Instant) -> Option<u64> {
+        self.unsaid += count;
+        if self
+            .said_at
+            .is_some_and(|at| now.duration_since(at) < RECURRING_WARNING_EVERY)
+        {
+            return None;
+        }
+        self.said_at = Some(now);
+        Some(std::mem::take(&mut self.unsaid))
+    }
 }
 
 fn expiry(ttl_secs: Option<f64>) -> Result<Option<u64>> {
@@ -102,6 +131,8 @@ impl Tracker {
             flusher: OnceLock::new(),
             sending: tokio::sync::Mutex::new(()),
             held: Mutex::new(None),
+            overflow_said: Mutex::default(),
+            removals_dropped_said: Mutex::default(),
         })
     }
 
@@ -265,18 +296,24 @@ impl Tracker {
             .flush(self.store.as_ref(), self.config.max_tracked)
             .await?;
         drop(self.release_if_written());
-        if outcome.put.overflowed > 0 {
+        let due = |said: &Mutex<Recurring>, count: usize| {
+            if count == 0 {
+                return None;
+            }
+            let mut said = said.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            said.note(count as u64, Instant::now())
+        };
+        if let Some(overflowed) = due(&self.overflow_said, outcome.put.overflowed) {
             self.log.warn(&format!(
-                "cf-invalidation-tracker: tracked-URL limit reached: {} URLs will be covered by wildcards on the \
-                 next send",
-                outcome.put.overflowed
+                "cf-invalidation-tracker: tracked-URL limit reached: {overflowed} URLs will be covered by wildcards \
+                 on the next send (said at most once a minute while it lasts)"
             ));
         }
-        if outcome.removals_dropped > 0 {
+        if let Some(dropped) = due(&self.removals_dropped_said, outcome.removals_dropped) {
             self.log.warn(&format!(
-                "cf-invalidation-tracker: {} removals were dropped while {} waited to be written \
-                 (bufferCapacity): those URLs stay tracked if they were, and the next send invalidates them",
-                outcome.removals_dropped,
+                "cf-invalidation-tracker: {dropped} removals were dropped while {} waited to be written \
+                 (bufferCapacity): those URLs stay tracked if they were, and the next send invalidates them (said at \
+                 most once a minute while it lasts)",
                 self.config.buffer_capacity
             ));
         }
@@ -441,5 +478,56 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert_eq!(weak.strong_count(), 0, "the tracker was not let go of");
+    }
+
+    #[test]
+    fn a_recurring_warning_is_said_at_once_then_once_a_minute_with_the_count_since() {
+        let start = Instant::now();
+        let mut said = Recurring::default();
+        assert_eq!(said.note(3, start), Some(3));
+        assert_eq!(said.note(4, start + Duration::from_secs(1)), None);
+        assert_eq!(said.note(5, start + Duration::from_secs(59)), None);
+        assert_eq!(said.note(1, start + Duration::from_secs(60)), Some(10));
+        assert_eq!(said.note(2, start + Duration::from_secs(200)), Some(2));
+    }
+
+    struct Recorded(Mutex<Vec<String>>);
+
+    impl Log for Recorded {
+        fn info(&self, _: &str) {}
+        fn warn(&self, line: &str) {
+            self.0.lock().unwrap().push(line.to_owned());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lasting_flood_is_not_logged_at_every_write() {
+        let store = Arc::new(MemoryStore::new());
+        let log = Arc::new(Recorded(Mutex::default()));
+        let config = TrackerConfig {
+            max_tracked: 2,
+            ..TrackerConfig::default()
+        };
+        let tracker = Tracker::new(
+            store.clone(),
+            CfConfig::default(),
+            config,
+            log.clone(),
+            tokio::runtime::Handle::current(),
+        );
+        for write in 0..5 {
+            for i in 0..3 {
+                tracker
+                    .track(format!("/w{write}/u{i}"), None, false)
+                    .unwrap();
+            }
+            tracker.flush().await.unwrap();
+        }
+        let listing = store.list().await.unwrap();
+        assert_eq!(listing.urls.len(), 2, "{:?}", listing.urls);
+        assert_eq!(listing.overflow.len(), 5, "{:?}", listing.overflow);
+        let lines = log.0.lock().unwrap();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert!(lines[0].contains("limit reached: 1 URLs"), "{}", lines[0]);
     }
 }
