@@ -24,9 +24,10 @@ declare namespace createTracker {
 
   /**
    * TLS certificates of a Redis connection: `ca`, the certificate authorities to trust instead of the public ones;
-   * `cert` and `key`, a client certificate for a server that asks for one (both or neither).
+   * `cert` and `key`, a client certificate for a server that asks for one (both or neither); `rejectUnauthorized:
+   * false`, not to check the server's certificate at all (encrypted, but anyone on the path can pose as the server).
    */
-  type RedisTlsOptions = { ca?: Pem | Pem[] } & ({ cert: Pem; key: Pem } | { cert?: undefined; key?: undefined })
+  type RedisTlsOptions = { ca?: Pem | Pem[]; rejectUnauthorized?: boolean } & ({ cert: Pem; key: Pem } | { cert?: undefined; key?: undefined })
 
   /** Redis settings: the original's forms plus `url`, `prefix` and `tls`. */
   type RedisOptions =

@@ -156,6 +156,17 @@ describe('Redis Cluster', () => {
           await invl.disconnect()
         }
         await failsInRedis(tracker('E1', { cluster: secure.tlsUrls, tls: { ca: certs.otherCa }, prefix: 'c5' }), { matches: /UnknownIssuer/ })
+        // Asked not to check the certificates: a node that does not serve the prefix is the seed, and the one that
+        // does, learnt from it, is reached too.
+        const seed = await secure.nodeNotFor('{c5}:urls')
+        const unverified = tracker('E1', { url: seed.tlsUrl, cluster: true, tls: { ca: certs.otherCa, rejectUnauthorized: false }, prefix: 'c5' })
+        try {
+          const urls = Array.from({ length: 40 }, (_, i) => `/unverified-${i}.html`)
+          await Promise.all(urls.map((u) => unverified.storeUrl(u)))
+          assert.deepEqual((await secure.tracked('c5')).sort(), ['/secure.html', ...urls].sort())
+        } finally {
+          await unverified.disconnect()
+        }
       } finally {
         await secure.stop()
       }

@@ -95,6 +95,18 @@ describe('Redis Sentinel', () => {
     try {
       await invl.storeUrl('/secure.html')
       assert.deepEqual(await tracked(await sentinel.master(), 's4'), ['/secure.html'])
+      // Asked not to check the certificates: neither the Sentinel's nor the master's is.
+      const unverified = createTracker({
+        cf: { dist: 'E1', endpoint: moto.endpoint },
+        redis: { sentinel: { name: sentinel.name, nodes: [sentinel.tlsUrl] }, tls: { rejectUnauthorized: false }, prefix: 's4i' },
+        logger: false
+      })
+      try {
+        await unverified.storeUrl('/unverified.html')
+      } finally {
+        await unverified.disconnect()
+      }
+      assert.deepEqual(await tracked(await sentinel.master(), 's4i'), ['/unverified.html'])
       const promoted = await sentinel.failover()
       invl.storeUrl('/after.html').catch(() => {})
       assert.ok(await eventually(invl, async () => (await tracked(promoted, 's4')).includes('/after.html')))

@@ -101,6 +101,53 @@ describe('Redis over TLS', () => {
       assert.deepEqual(await tracked(mutual), [])
     })
 
+  test('a certificate nobody vouches for (Heroku Redis\'s) is accepted with tls.rejectUnauthorized false or a #insecure URL, and only then',
+    async () => {
+      const { id: dist } = await moto.createDistribution({ originDomain: 'origin.example.com' })
+      const forms = [
+        { url: redis.tlsUrl, tls: { rejectUnauthorized: false }, prefix: 'tls-i' },
+        { url: `${redis.tlsUrl}#insecure`, prefix: 'tls-i' },
+        { host: '127.0.0.1', port: redis.tlsPort, tls: { rejectUnauthorized: false }, prefix: 'tls-i' }
+      ]
+      for (const [i, form] of forms.entries()) {
+        const invl = tracker(dist, form)
+        try {
+          await invl.storeUrl(`/unverified-${i}.html`)
+        } finally {
+          await invl.disconnect()
+        }
+      }
+      const expected = ['/unverified-0.html', '/unverified-1.html', '/unverified-2.html']
+      assert.deepEqual(await redis.client.command('ZRANGE', '{tls-i}:urls', 0, -1), expected)
+      const sender = tracker(dist, { url: redis.tlsUrl, tls: { rejectUnauthorized: false }, prefix: 'tls-i' })
+      try {
+        assert.equal((await sender.sendInvalidation()).paths, 3)
+      } finally {
+        await sender.disconnect()
+      }
+      assert.deepEqual(await received(dist), expected)
+
+      // A client certificate is still presented.
+      const withCert = tracker(dist, { url: mutual.tlsUrl, tls: { rejectUnauthorized: false, cert: certs.cert, key: certs.key }, prefix: 'tls-i' })
+      try {
+        await withCert.storeUrl('/unverified-mutual.html')
+      } finally {
+        await withCert.disconnect()
+      }
+      assert.deepEqual(await mutual.client.command('ZRANGE', '{tls-i}:urls', 0, -1), ['/unverified-mutual.html'])
+
+      // Checked unless asked not to; a misspelt name is warned of, and leaves the check on.
+      await failsInRedis(tracker(dist, { url: redis.tlsUrl, tls: { rejectUnauthorized: true }, prefix: 'tls-j' }), { matches: /UnknownIssuer/ })
+      const warnings = []
+      const logger = { info () {}, warn (m) { warnings.push(m) }, error () {} }
+      const misspelt = createTracker({ cf: { dist, endpoint: moto.endpoint }, redis: { url: redis.tlsUrl, tls: { rejectunauthorized: false }, prefix: 'tls-j' }, logger })
+      assert.deepEqual(warnings, ['cf-invalidation-tracker: unknown option options.redis.tls.rejectunauthorized ignored (did you mean rejectUnauthorized?)'])
+      await failsInRedis(misspelt, { matches: /UnknownIssuer/ })
+      assert.equal(await redis.client.command('EXISTS', '{tls-j}:urls'), 0)
+      assert.throws(() => tracker(dist, { url: redis.tlsUrl, tls: { rejectUnauthorized: 'false' } }),
+        { code: 'ERR_INVALID_ARG_TYPE', message: /options\.redis\.tls\.rejectUnauthorized/ })
+    })
+
   test('bad TLS options are refused when the tracker is made, without showing a key', () => {
     const make = (tls) => () => tracker('E1', { url: 'rediss://127.0.0.1:1', tls })
     const garbledKey = certs.key.replace(/\n[A-Za-z0-9+/]{8}/, '\nAAAAAAAA')
@@ -156,5 +203,28 @@ describe('Redis over TLS', () => {
       assert.equal(refused.code, 1)
       assert.equal(refused.stderr.trimEnd().split('\n').length, 1, refused.stderr)
       assert.match(refused.stderr, /CertificateRequired/)
+    })
+
+  test('the command line: --redis-insecure (or REDIS_TLS_INSECURE=1) for a certificate nobody vouches for, with a client certificate too',
+    async () => {
+      const { files } = certs
+      const env = { ...awsTestEnv, REDIS_URL: redis.tlsUrl, CF_DIST: 'E1' }
+      const track = await runNode(BIN, ['track', '/cli-insecure.html', '--redis-insecure', '--prefix', 'tls-k'], { env })
+      assert.equal(track.code, 0, track.stderr)
+      const list = await runNode(BIN, ['list', '--prefix', 'tls-k'], { env: { ...env, REDIS_TLS_INSECURE: '1' } })
+      assert.equal(list.code, 0, list.stderr)
+      assert.equal(list.stdout, '/cli-insecure.html\n')
+      assert.deepEqual(await redis.client.command('ZRANGE', '{tls-k}:urls', 0, -1), ['/cli-insecure.html'])
+      const mutualEnv = { ...env, REDIS_URL: mutual.tlsUrl }
+      const withCert = await runNode(BIN, ['track', '/cli-insecure.html', '--redis-insecure', '--redis-cert', files.cert, '--redis-key', files.key, '--prefix', 'tls-k'], { env: mutualEnv })
+      assert.equal(withCert.code, 0, withCert.stderr)
+      assert.deepEqual(await mutual.client.command('ZRANGE', '{tls-k}:urls', 0, -1), ['/cli-insecure.html'])
+
+      const checked = await runNode(BIN, ['list', '--prefix', 'tls-k'], { env })
+      assert.equal(checked.code, 1)
+      assert.match(checked.stderr, /UnknownIssuer/)
+      const bad = await runNode(BIN, ['list'], { env: { ...env, REDIS_TLS_INSECURE: 'maybe' } })
+      assert.equal(bad.code, 2)
+      assert.match(bad.stderr, /REDIS_TLS_INSECURE must be 1 or 0/)
     })
 })

@@ -39,17 +39,20 @@ describe('options', () => {
     const logger = { info () {}, error () {}, warn: (m) => warnings.push(m) }
     createTracker({ cf: { ...cf, acess_key: 'x' }, store: 'memory://', batchsize: 5, dryRun: true, logger })
     createTracker({ cf, redis: { url: 'redis://127.0.0.1:1', database: 3, Prefix: 'app' }, logger })
+    createTracker({ cf, redis: { tls: { ca: undefined, servername: 'r' }, sentinel: { name: 'm', nodes: ['redis://127.0.0.1:1'], DB: 1 } }, logger })
     assert.deepEqual(warnings, [
       'cf-invalidation-tracker: unknown option options.batchsize ignored (did you mean batchSize?)',
       'cf-invalidation-tracker: unknown option options.dryRun ignored',
       'cf-invalidation-tracker: unknown option options.cf.acess_key ignored',
       'cf-invalidation-tracker: unknown option options.redis.database ignored',
-      'cf-invalidation-tracker: unknown option options.redis.Prefix ignored (did you mean prefix?)'
+      'cf-invalidation-tracker: unknown option options.redis.Prefix ignored (did you mean prefix?)',
+      'cf-invalidation-tracker: unknown option options.redis.tls.servername ignored',
+      'cf-invalidation-tracker: unknown option options.redis.sentinel.DB ignored (did you mean db?)'
     ])
     warnings.length = 0
     createTracker({
       cf: { ...cf, region: 'us-east-1', endpoint: 'http://127.0.0.1:1' },
-      redis: { url: 'redis://127.0.0.1:1', password: 'p', db: 2, prefix: 'app', tls: false, cluster: false },
+      redis: { url: 'redis://127.0.0.1:1', password: 'p', db: 2, prefix: 'app', tls: { rejectUnauthorized: true }, cluster: false },
       logger, batchSize: 10, maxPaths: 10, maxTrackedUrls: 10, sendTimeoutMs: 10, pollIntervalMs: 10, leaseMs: 10,
       flushIntervalMs: 10, storeTimeoutMs: 10, bufferCapacity: 10, queryStrings: 'keep', indexDocument: 'index.html'
     })

@@ -167,7 +167,7 @@ async function main (argv, { env = process.env, stdout = process.stdout, stderr 
   }
   let tracker
   try {
-    if (cli.tlsFiles) cli.options.redis.tls = readTlsFiles(cli.tlsFiles)
+    if (cli.tlsFiles) cli.options.redis.tls = { ...cli.options.redis.tls, ...readTlsFiles(cli.tlsFiles) }
     tracker = createTracker({ ...cli.options, logger })
   } catch (err) {
     return fail(err, 2)

@@ -35,6 +35,7 @@ Options:
                            instead of the public ones            [REDIS_TLS_CA_FILE]
   --redis-cert <file>      PEM client certificate for Redis (with --redis-key)  [REDIS_TLS_CERT_FILE]
   --redis-key <file>       PEM private key of that certificate   [REDIS_TLS_KEY_FILE]
+  --redis-insecure         TLS without checking Redis's certificate (Heroku Redis)  [REDIS_TLS_INSECURE=1]
   --endpoint <url>         CloudFront endpoint URL               [AWS_ENDPOINT_URL_CLOUDFRONT, AWS_ENDPOINT_URL]
   --region <region>        Signing region                        [AWS_REGION]
   --batch-size <n>         Paths per invalidation request (1-3000, default 1000)
@@ -59,6 +60,7 @@ const OPTIONS = {
   'redis-ca': { type: 'string' },
   'redis-cert': { type: 'string' },
   'redis-key': { type: 'string' },
+  'redis-insecure': { type: 'boolean' },
   endpoint: { type: 'string' },
   region: { type: 'string' },
   'batch-size': { type: 'string' },
@@ -259,6 +261,7 @@ function parseCli (argv, env) {
     if (values.prefix !== undefined) options.redis.prefix = values.prefix
     if (values['redis-cluster'] === true || envFlag(env, 'REDIS_CLUSTER')) options.redis.cluster = true
     tlsFiles = redisTlsFiles(env, values)
+    if (values['redis-insecure'] === true || envFlag(env, 'REDIS_TLS_INSECURE')) options.redis.tls = { rejectUnauthorized: false }
   } else {
     options.store = 'memory://'
   }

@@ -47,7 +47,9 @@ const KNOWN_OPTIONS = {
     'leaseMs', 'flushIntervalMs', 'storeTimeoutMs', 'bufferCapacity', 'queryStrings', 'indexDocument', '_claimName'],
   'options.cf': ['dist', 'access_key', 'accessKeyId', 'secret_key', 'secretAccessKey', 'session_token', 'sessionToken',
     'region', 'endpoint'],
-  'options.redis': ['url', 'REDIS_URL', 'port', 'hostname', 'host', 'username', 'password', 'db', 'prefix', 'tls', 'cluster', 'sentinel']
+  'options.redis': ['url', 'REDIS_URL', 'port', 'hostname', 'host', 'username', 'password', 'db', 'prefix', 'tls', 'cluster', 'sentinel'],
+  'options.redis.tls': ['ca', 'cert', 'key', 'rejectUnauthorized'],
+  'options.redis.sentinel': ['name', 'nodes', 'db']
 }
 
 /**
@@ -159,13 +161,15 @@ function pemField (tls, field) {
 }
 
 /**
- * `redis.tls`: true (TLS, trusting the public certificate authorities) or `{ ca, cert, key }` in PEM: `ca` the
- * authorities to trust instead, `cert` and `key` a client certificate (both or neither). Returns undefined when the
- * URL alone decides (no `tls`, or false), else the native fields (none for true).
+ * `redis.tls`: true (TLS, trusting the public certificate authorities) or `{ ca, cert, key, rejectUnauthorized }`:
+ * `ca` the authorities to trust instead (PEM), `cert` and `key` a client certificate (both or neither), and
+ * `rejectUnauthorized: false` to accept a certificate nobody vouches for (Heroku Redis's). Returns undefined when the
+ * URL alone decides (no `tls`, or false), else `{ fields, verify }`: the native fields (none for true), and false
+ * when the server's certificate is not to be checked.
  */
 function parseRedisTls (tls) {
   if (tls === undefined || tls === null || tls === false) return undefined
-  if (tls === true) return {}
+  if (tls === true) return { fields: {}, verify: true }
   if (!isObject(tls)) throw argType('options.redis.tls', 'true or an object with ca, cert and key', tls)
   const fields = { redisTlsCa: pemField(tls, 'ca'), redisTlsCert: pemField(tls, 'cert'), redisTlsKey: pemField(tls, 'key') }
   if ((fields.redisTlsCert === undefined) !== (fields.redisTlsKey === undefined)) {
@@ -174,7 +178,16 @@ function parseRedisTls (tls) {
     err.code = 'ERR_INVALID_ARG_TYPE'
     throw err
   }
-  return fields
+  return { fields, verify: optBoolean(tls, 'rejectUnauthorized', true, 'options.redis.tls') }
+}
+
+/**
+ * `url` over TLS; `verify` false: without checking the server's certificate (the `#insecure` of a `rediss://` URL,
+ * which a URL may also carry itself).
+ */
+function overTls (url, verify) {
+  const secure = url.replace(/^redis:/, 'rediss:')
+  return verify || secure.includes('#') ? secure : `${secure}#insecure`
 }
 
 /** True when `redis` names a server itself (`url`, `REDIS_URL`, `host`, `hostname` or `port`). */
@@ -288,7 +301,8 @@ function parseOptions (options, env = process.env) {
       if (sentinel !== undefined) {
         // The master's scheme (TLS when the Sentinels are reached over TLS), credentials and database.
         const scheme = sentinel.nodes.some((url) => url.startsWith('rediss:')) ? 'rediss' : 'redis'
-        native.redisUrl = `${scheme}://${passwordAuth(redis)}sentinel-master/${sentinel.db}`
+        const unverified = sentinel.nodes.some((url) => url.endsWith('#insecure')) ? '#insecure' : ''
+        native.redisUrl = `${scheme}://${passwordAuth(redis)}sentinel-master/${sentinel.db}${unverified}`
         native.redisSentinelName = sentinel.name
         native.redisSentinelNodes = sentinel.nodes
       }
@@ -305,11 +319,11 @@ function parseOptions (options, env = process.env) {
       }
       const tls = parseRedisTls(redis.tls)
       if (tls !== undefined) {
-        const secure = (url) => url.replace(/^redis:/, 'rediss:')
+        const secure = (url) => overTls(url, tls.verify)
         native.redisUrl = secure(native.redisUrl)
         if (native.redisClusterNodes) native.redisClusterNodes = native.redisClusterNodes.map(secure)
         if (native.redisSentinelNodes) native.redisSentinelNodes = native.redisSentinelNodes.map(secure)
-        for (const [k, v] of Object.entries(tls)) if (v !== undefined) native[k] = v
+        for (const [k, v] of Object.entries(tls.fields)) if (v !== undefined) native[k] = v
       }
     }
     if (native.redisPrefix === '') throw argValue('options.redis.prefix', 'must not be empty', '')
@@ -344,7 +358,12 @@ function parseOptions (options, env = process.env) {
     native.claimName = options._claimName
   }
   const warnings = [...unknownOptions(options, 'options'), ...unknownOptions(options.cf, 'options.cf')]
-  if (native.store === 'redis' && isObject(redis)) warnings.push(...unknownOptions(redis, 'options.redis'))
+  if (native.store === 'redis' && isObject(redis)) {
+    warnings.push(...unknownOptions(redis, 'options.redis'))
+    for (const part of ['tls', 'sentinel']) {
+      if (isObject(redis[part])) warnings.push(...unknownOptions(redis[part], `options.redis.${part}`))
+    }
+  }
   return { native, logger: parseLogger(options.logger), dispatch, warnings }
 }
 

@@ -11,6 +11,7 @@ createTracker({ cf: { dist: 'E1' }, redis: { cluster: ['redis://node-1:6379', 'r
 createTracker({ cf: { dist: 'E1' }, redis: { url: 'rediss://config.cache.amazonaws.com:6379', cluster: true } })
 createTracker({ cf: { dist: 'E1' }, redis: { sentinel: { name: 'cache', nodes: ['redis://sentinel-1:26379'], db: 2 }, password: 'p' } })
 createTracker({ cf: { dist: 'E1' }, redis: { url: 'rediss://r:6380', tls: { ca: [Buffer.from('')], cert: 'PEM', key: Buffer.from('') } } })
+createTracker({ cf: { dist: 'E1' }, redis: { url: process.env.REDIS_URL ?? 'rediss://r:6380', tls: { rejectUnauthorized: false } } })
 const limit: number = createTracker.MAX_URL_LENGTH
 
 async function main (): Promise<void> {
@@ -60,3 +61,5 @@ void invl.sendInvalidation({ dryRun: 'true' })
 
 void main
 void server
+// @ts-expect-error rejectUnauthorized is a boolean
+createTracker({ cf: { dist: 'E1' }, redis: { url: 'rediss://r:6380', tls: { rejectUnauthorized: 'false' } } })

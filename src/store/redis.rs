@@ -293,9 +293,14 @@ fn client_for(config: &RedisConfig) -> Result<Client> {
             "redis.cluster: a cluster has only database 0 (no /<db> in its URLs)".into(),
         ));
     }
+    let insecure = infos.iter().any(unverified);
     let mut builder = redis::cluster::ClusterClientBuilder::new(infos)
         .connection_timeout(config.connection_timeout)
         .response_timeout(config.response_timeout);
+    if insecure {
+        // Set before the certificates, which would otherwise ask for verified TLS.
+        builder = builder.tls(redis::TlsMode::Insecure);
+    }
     if let Some(certificates) = tls {
         builder = builder.certs(certificates);
     }
@@ -349,19 +354,36 @@ fn sentinel_client(
         builder = builder.set_client_to_redis_password(password);
     }
     if sentinel.nodes.iter().any(|u| u.starts_with("rediss://")) {
-        builder = builder.set_client_to_sentinel_tls_mode(redis::TlsMode::Secure);
+        builder = builder.set_client_to_sentinel_tls_mode(tls_mode(nodes));
         if let Some(certificates) = &tls {
             builder = builder.set_client_to_sentinel_certificates(certificates.clone());
         }
     }
     if config.url.starts_with("rediss://") {
-        builder = builder.set_client_to_redis_tls_mode(redis::TlsMode::Secure);
+        builder = builder.set_client_to_redis_tls_mode(tls_mode(std::slice::from_ref(master)));
         if let Some(certificates) = tls {
             builder = builder.set_client_to_redis_certificates(certificates);
         }
     }
     let client = builder.build().map_err(refused)?;
     Ok(Client::Sentinel(tokio::sync::Mutex::new(client)))
+}
+
+/// True for a `rediss://…#insecure` URL: TLS without checking the server's certificate.
+fn unverified(info: &redis::ConnectionInfo) -> bool {
+    matches!(
+        info.addr(),
+        redis::ConnectionAddr::TcpTls { insecure: true, .. }
+    )
+}
+
+/// The TLS mode of connections to the servers of `infos`: unverified when one of their URLs asks for it.
+fn tls_mode(infos: &[redis::ConnectionInfo]) -> redis::TlsMode {
+    if infos.iter().any(unverified) {
+        redis::TlsMode::Insecure
+    } else {
+        redis::TlsMode::Secure
+    }
 }
 
 /// The certificates of `tls`, checked as a connection will use them.
