@@ -224,7 +224,10 @@ declare namespace createTracker {
     setUrlTTL(url: string, ttlInSec: number): Promise<void>
     /** Stops tracking a URL; in order with storeUrl, resolves once written. */
     removeUrl(url: string): Promise<void>
-    /** Every path the next send will invalidate, sorted: tracked URLs and flood-guard wildcards. */
+    /**
+     * What the next send will invalidate, sorted: tracked URLs and flood-guard wildcards (before the send adds a
+     * directory's other forms or `?*`, or collapses them: a dry run's batches give the exact paths).
+     */
     listUrls(): Promise<string[]>
     /** Writes buffered URLs to the store now. */
     flush(): Promise<void>

@@ -356,7 +356,10 @@ class Tracker {
     }, quiet, beforeGathered)
   }
 
-  /** Resolves to every path the next send will invalidate, sorted: tracked URLs and flood-guard wildcards. */
+  /**
+   * Resolves to what the next send will invalidate, sorted: tracked URLs and flood-guard wildcards (before the send
+   * adds a directory's other forms or `?*`, or collapses them: a dry run's batches give the exact paths).
+   */
   listUrls () {
     return this._run('listUrls', () => this._native.list())
   }

@@ -373,7 +373,8 @@ impl Tracker {
         Ok(self.buffered(|b| b.remove(path)))
     }
 
-    /// Every path the next send will invalidate: tracked URLs and flood-guard wildcards, sorted.
+    /// What the next send will invalidate, sorted: tracked URLs and flood-guard wildcards (before the plan expands or
+    /// collapses them).
     pub async fn list(&self) -> Result<Vec<String>> {
         self.flush().await?;
         let Listing { mut urls, overflow } = self.store.list().await?;
