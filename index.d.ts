@@ -145,7 +145,7 @@ declare namespace createTracker {
     batches: BatchReport[]
     /** Tracked URLs kept for a later send. */
     kept: number
-    /** Batches resumed from an earlier send. */
+    /** Batches of an earlier send that failed or died, accepted by this one (one kept again counts in `kept`). */
     resumed: number
     /** Flood-guard wildcards sent (or, in a dry run, that would be). */
     overflow: string[]

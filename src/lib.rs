@@ -187,7 +187,7 @@ pub struct Report {
     pub batches: Vec<BatchReport>,
     /// Tracked URLs kept for a later send.
     pub kept: u32,
-    /// Batches resumed from an earlier send.
+    /// Batches of an earlier send that failed or died, accepted by this one.
     pub resumed: u32,
     /// Flood-guard wildcards sent.
     pub overflow: Vec<String>,

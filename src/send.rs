@@ -87,7 +87,7 @@ pub struct SendReport {
     pub batches: Vec<BatchReport>,
     /// Tracked URLs kept for a later send because their batch was not accepted.
     pub kept: usize,
-    /// Batches resumed from an earlier send.
+    /// Batches of an earlier send that failed or died, accepted by this one.
     pub resumed: usize,
     /// Wildcards sent to cover URLs the flood guard could not store one by one.
     pub overflow: Vec<String>,
