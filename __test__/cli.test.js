@@ -214,6 +214,9 @@ describe('cli against Redis and moto', () => {
     const r = await run(['send', '--timeout', '2', '--prefix', prefix], unreachable)
     assert.equal(r.code, 1, r.stderr)
     assert.match(r.stderr, /sendTimeoutMs \(2000 ms\) passed/)
+    // Each failed try says why in words, without the SDK's debug dump.
+    assert.match(r.stderr, /^CloudFront ServiceUnavailable: dispatch failure: .*Connection refused( \(os error \d+\))?$/m)
+    assert.doesNotMatch(r.stderr, /DispatchFailure|ConnectorError|\{ /)
     assert.ok(Date.now() - started < 30_000, `${Date.now() - started} ms`)
     assert.deepEqual((await run(['list', '--prefix', prefix], env)).stdout, '/kept\n')
     assertFails(await run(['send', '--timeout', '0'], env), 2, /--timeout must be an integer from 1/)

@@ -93,6 +93,21 @@ impl From<CfFailure> for Error {
     }
 }
 
+/// An error and its causes, `: `-separated, each said once (the SDK's own rendering appends its debug form).
+fn causes(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let said = cause.to_string();
+        if !out.contains(&said) {
+            out.push_str(": ");
+            out.push_str(&said);
+        }
+        source = cause.source();
+    }
+    out
+}
+
 fn classify<E>(err: SdkError<E, HttpResponse>) -> CfFailure
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
@@ -101,7 +116,7 @@ where
     let message = err
         .message()
         .map(str::to_owned)
-        .unwrap_or_else(|| aws_smithy_types::error::display::DisplayErrorContext(&err).to_string());
+        .unwrap_or_else(|| causes(&err));
     let status = match &err {
         SdkError::ServiceError(e) => Some(e.raw().status().as_u16()),
         _ => None,
