@@ -265,10 +265,20 @@ declare namespace createTracker {
     }
   }
 
-  /** An S3 notification, or an SNS or SQS event whose messages are S3 notifications. */
-  interface S3Event {
-    Records: Array<S3EventRecord | { Sns: { Message: string } } | { body: string }>
+  /** An S3 event EventBridge delivers (`Object Created`, `Object Deleted`; the fields used). */
+  interface S3BridgedEvent {
+    source: 'aws.s3'
+    'detail-type': string
+    detail: { bucket: { name: string }; object: { key: string } }
   }
+
+  /**
+   * An S3 notification, an SNS or SQS event whose messages are S3 notifications or (SQS) EventBridge's S3 events, or
+   * an EventBridge S3 event.
+   */
+  type S3Event =
+    | { Records: Array<S3EventRecord | { Sns: { Message: string } } | { body: string }> }
+    | S3BridgedEvent
 
   /** The tracker's `cf` settings, with `dist` optional: without it, the bucket's distribution is looked up. */
   type S3CloudFrontOptions = Omit<CloudFrontOptions, 'dist'> & { dist?: string }

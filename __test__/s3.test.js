@@ -127,6 +127,32 @@ describe('invalidateS3Event and findDistributionByOrigin (moto)', () => {
     assert.deepEqual(await added(site, before.site), ['/app.js', '/docs', '/docs/', '/docs/index.html'])
   })
 
+  test('EventBridge S3 events, direct or through SQS: created and deleted objects are sent; a key that reads otherwise decoded goes in both forms', async () => {
+    const was = await received(photos)
+    const bridged = (kind, key, bucket = 'mybucket') => ({
+      version: '0', id: `id-${key}`, 'detail-type': kind, source: 'aws.s3', account: '123456789012', time: '2026-12-03T00:00:00Z',
+      region: 'us-east-1', resources: [`arn:aws:s3:::${bucket}`],
+      detail: { version: '0', bucket: { name: bucket }, object: { key, size: 5, sequencer: '617f08299329d189' }, reason: 'PutObject' }
+    })
+    const warnings = []
+    const logger = { info () {}, error () {}, warn: (m) => warnings.push(m) }
+    const direct = await invalidateS3Event(bridged('Object Created', 'img/bridged.jpg'), { cf: cf(), logger })
+    assert.deepEqual(direct.map((r) => r.distribution), [photos])
+    const queued = {
+      Records: [
+        { eventSource: 'aws:sqs', body: JSON.stringify(bridged('Object Deleted', 'img/gone+1.jpg')) },
+        { eventSource: 'aws:sqs', body: JSON.stringify(bridged('Object Restore Completed', 'img/restored.jpg')) }
+      ]
+    }
+    const reports = await invalidateS3Event(queued, { cf: cf(), logger })
+    assert.deepEqual(reports.map((r) => r.distribution), [photos])
+    const added = (await received(photos)).filter((p) => !was.includes(p))
+    assert.deepEqual(added, ['/img/bridged.jpg', '/img/gone%201.jpg', '/img/gone+1.jpg'])
+    // An event of another kind only is not sent, and is no wrong trigger.
+    assert.deepEqual(await invalidateS3Event(bridged('Object Restore Completed', 'img/restored.jpg'), { cf: cf(), logger }), [])
+    assert.deepEqual(warnings, [])
+  })
+
   test('cf.dist skips the lookup; an unknown bucket rejects before anything is sent; no objects, no send', async () => {
     const reports = await invalidateS3Event({ Records: [record('whatever', 'x.css')] }, { cf: { ...cf(), dist: other }, logger: false })
     assert.equal(reports[0].distribution, other)
@@ -140,11 +166,12 @@ describe('invalidateS3Event and findDistributionByOrigin (moto)', () => {
     const warnings = []
     const logger = { info () {}, error () {}, warn: (m) => warnings.push(m) }
     assert.deepEqual(await invalidateS3Event({ Records: [] }, { cf: cf(), logger }), [])
-    // Not an S3 notification (an EventBridge event): nothing sent, and it says so rather than pass for a success.
-    const bridge = { source: 'aws.s3', 'detail-type': 'Object Created', detail: { bucket: { name: 'mybucket' }, object: { key: 'a.jpg' } } }
-    assert.deepEqual(await invalidateS3Event(bridge, { cf: cf(), logger }), [])
+    // Not an S3 event (another EventBridge event, a wrong trigger): nothing sent, and it says so rather than pass for a
+    // success.
+    const scheduled = { source: 'aws.events', 'detail-type': 'Scheduled Event', detail: {} }
+    assert.deepEqual(await invalidateS3Event(scheduled, { cf: cf(), logger }), [])
     assert.equal(warnings.length, 2)
-    assert.match(warnings[1], /holds no S3 notification records/)
+    assert.match(warnings[1], /holds no S3 event/)
     assert.deepEqual(await received(photos), was)
     await assert.rejects(invalidateS3Event(null, { cf: cf() }), { code: 'ERR_INVALID_ARG_TYPE' })
   })

@@ -2,7 +2,7 @@
 
 // Invalidation driven by S3 events: the keys an S3 notification names become paths, sent to the distribution(s)
 // whose origin is the bucket. Made for a Lambda function subscribed to the bucket's ObjectCreated/ObjectRemoved
-// events, directly or through SNS or SQS.
+// events, directly or through SNS or SQS, or to EventBridge's Object Created/Object Deleted events of the bucket.
 
 const crypto = require('node:crypto')
 const { argType, argValue } = require('./errors')
@@ -107,6 +107,12 @@ function s3Records (event) {
       visit(parseJson(value.Message), depth + 1)
       return
     }
+    // An S3 event from EventBridge (a rule's target, or an SQS queue the rule feeds): one object, in its own shape.
+    if (value.source === 'aws.s3' && isObject(value.detail)) {
+      const record = bridgedRecord(value)
+      if (record) out.push(record)
+      return
+    }
     if (!Array.isArray(value.Records)) return
     for (const record of value.Records) {
       if (!isObject(record)) continue
@@ -117,6 +123,25 @@ function s3Records (event) {
   }
   visit(event, 0)
   return out
+}
+
+/** EventBridge's names of the S3 events invalidated, as the notification's. */
+const BRIDGED_KINDS = { 'Object Created': 'ObjectCreated', 'Object Deleted': 'ObjectRemoved' }
+
+/**
+ * An S3 event from EventBridge as a notification record (`bridged`, its key's encoding unknown), or undefined when it
+ * names no object.
+ */
+function bridgedRecord (event) {
+  const { bucket, object } = event.detail
+  if (!isObject(bucket) || !isObject(object)) return undefined
+  const kind = event['detail-type']
+  return {
+    eventName: `${BRIDGED_KINDS[kind] ?? kind}:EventBridge`,
+    eventTime: event.time,
+    bridged: true,
+    s3: { bucket: { name: bucket.name }, object: { key: object.key, sequencer: object.sequencer } }
+  }
 }
 
 function parseJson (text) {
@@ -206,6 +231,9 @@ function keysByBucket (event) {
     if (typeof bucket !== 'string' || bucket === '' || typeof key !== 'string' || key === '') continue
     if (!out.has(bucket)) out.set(bucket, new Set())
     out.get(bucket).add(decodeKey(key))
+    // EventBridge's documentation does not say whether its keys are URL-encoded as notifications' are: a key that
+    // reads otherwise decoded is sent as it is too (one more path, for keys with '+' or '%' only).
+    if (record.bridged) out.get(bucket).add(key)
   }
   return out
 }
@@ -237,8 +265,8 @@ async function invalidateS3Event (event, options) {
   const originPath = optOriginPath(options, cf)
   const byBucket = keysByBucket(event)
   if (byBucket.size === 0) {
-    // Not an S3 notification at all (an EventBridge event, a wrong trigger) must not pass for a quiet success.
-    if (s3Records(event).length === 0) warn(logger, 'cf-invalidation-tracker: the event holds no S3 notification records (S3, SNS or SQS); nothing to invalidate')
+    // Not an S3 event at all (a wrong trigger) must not pass for a quiet success.
+    if (s3Records(event).length === 0) warn(logger, 'cf-invalidation-tracker: the event holds no S3 event (a notification record, directly or through SNS or SQS, or an EventBridge event of aws.s3); nothing to invalidate')
     return []
   }
   const buckets = [...byBucket.keys()]

@@ -7,6 +7,7 @@ const reports = await invalidateS3Event({ Records: [] }, { cf: { dist: 'E1' }, w
 const id: string = await findDistributionByOrigin('bucket', { cf: {} })
 console.log(reports.map((r) => [r.distribution, r.paths, r.rejected]), id)
 await invalidateS3Event({ Records: [] }, { cf: { dist: 'E1' }, originPath: '/production' })
+await invalidateS3Event({ source: 'aws.s3', 'detail-type': 'Object Created', detail: { bucket: { name: 'b' }, object: { key: 'a.jpg' } } }, { cf: {} })
 // @ts-expect-error an origin path is a string
 await invalidateS3Event({ Records: [] }, { cf: { dist: 'E1' }, originPath: true })
 const origins: Array<[string, string]> = (await invl.listDistributions()).flatMap((d) => d.origins.map((o, i): [string, string] => [o, d.originPaths[i]]))
