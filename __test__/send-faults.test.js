@@ -195,6 +195,24 @@ describe("CloudFront's limits", () => {
     assert.equal(report.resumed, 1)
     assertDeliveredOnce(urls)
   })
+
+  it('a CloudFront that does not answer cannot hold a send past its deadline: the SDK\'s own timeouts are longer', async () => {
+    for (const op of ['ListInvalidations', 'CreateInvalidation']) {
+      cf.reset()
+      const { tracker, urls } = await tracked(3, { sendTimeoutMs: 1000 })
+      cf.fail('slow', { op, delayMs: 15000, times: 10 })
+      const started = Date.now()
+      await assert.rejects(tracker.sendInvalidation(), (err) => {
+        assert.equal(err.code, 'ERR_CFIT_TIMEOUT', `${op}: ${err.message}`)
+        assert.equal(err.report.kept, 3)
+        return true
+      })
+      // The SDK alone would wait 30 s an attempt, three attempts.
+      assert.ok(Date.now() - started < 10000, `${op}: the send took ${Date.now() - started} ms`)
+      assert.deepEqual(await tracker.listUrls(), urls)
+      await tracker.disconnect()
+    }
+  })
 })
 
 describe('failures part-way', () => {

@@ -376,6 +376,22 @@ impl Sender<'_> {
         Instant::now() >= self.deadline
     }
 
+    /// Runs a CloudFront call within what is left of the send's time: the SDK's own timeouts (30 s an attempt, and
+    /// its retries) are longer than many a `sendTimeoutMs`. A request cut short is as one that got no answer: a
+    /// CreateInvalidation is kept, and sent again later under the same CallerReference.
+    async fn within<T>(
+        &self,
+        call: impl std::future::Future<Output = std::result::Result<T, CfFailure>>,
+    ) -> std::result::Result<T, CfFailure> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        tokio::time::timeout(left, call).await.unwrap_or_else(|_| {
+            Err(CfFailure::Transient(format!(
+                "no answer within sendTimeoutMs ({} ms)",
+                self.cfg.send_timeout.as_millis()
+            )))
+        })
+    }
+
     /// Waits until the distribution has room for `paths`; false when the deadline passed first.
     async fn wait_for_room(&mut self, paths: &[String], retries: &mut u32) -> Result<bool> {
         let need = InProgress::of(paths);
@@ -384,7 +400,7 @@ impl Sender<'_> {
             if !self.pacing || self.in_progress.as_ref().is_some_and(fits) {
                 return Ok(true);
             }
-            match self.cf.in_progress().await {
+            match self.within(self.cf.in_progress()).await {
                 Ok(ip) if fits(&ip) => {
                     self.in_progress = Some(ip);
                     return Ok(true);
@@ -438,7 +454,10 @@ impl Sender<'_> {
                     Ok(false) => return BatchOutcome::Kept(self.deadline_error()),
                     Err(e) => return BatchOutcome::Kept(e),
                 }
-                match self.cf.create_invalidation(&chunk, &reference).await {
+                match self
+                    .within(self.cf.create_invalidation(&chunk, &reference))
+                    .await
+                {
                     Ok(created) => {
                         if let Some(ip) = self.in_progress.as_mut() {
                             ip.add(&InProgress::of(&chunk));
@@ -640,7 +659,7 @@ impl Sender<'_> {
                 let mut last = String::new();
                 let mut unfollowable = false;
                 for id in ids {
-                    match self.cf.invalidation_status(&id).await {
+                    match self.within(self.cf.invalidation_status(&id)).await {
                         Ok(status) => {
                             all_done &= is_completed(&status);
                             last = status;
