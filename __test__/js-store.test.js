@@ -156,25 +156,53 @@ describe('custom stores and the send protocol', () => {
     assert.deepEqual(store.data.live(), [], 'deleted under its key')
   })
 
-  it('with del, a URL served again during the send stays tracked', async () => {
-    const cf = await startFakeCloudFront({ distributions: ['EJS'] })
-    try {
-      const store = new PromiseStore()
-      const invl = createTracker({ cf: { dist: 'EJS', endpoint: cf.endpoint }, store, logger: false })
-      await invl.storeUrl('/a')
-      await invl.storeUrl('/b')
-      cf.fail('slow', { delayMs: 400 })
-      const sending = invl.sendInvalidation()
-      await sleep(150) // claimed, on its way to CloudFront
-      await invl.storeUrl('/a') // served again: CloudFront may cache it before the invalidation lands
-      await sending
-      assert.deepEqual([...cf.pathsReceived('EJS')].sort(), ['/a', '/b'])
-      assert.deepEqual(await invl.listUrls(), ['/a'])
-      assert.deepEqual(store.data.live(), ['/a'])
-    } finally {
-      await cf.stop()
-    }
+  it('with del, a URL stored again while its del is on the way stays tracked', async () => {
+    const store = new SyncStore()
+    const del = store.del.bind(store)
+    let deleting
+    store.del = async (key) => { deleting?.(); await sleep(150); return del(key) }
+    const dist = await env.newDistribution()
+    const invl = env.tracker({ cf: { dist }, store })
+    await invl.storeUrl('/a')
+    const sending = invl.sendInvalidation()
+    await new Promise((resolve) => { deleting = resolve }) // CloudFront took it; its del is on the way
+    await invl.storeUrl('/a') // served again
+    await sending
+    assert.deepEqual(await env.received(dist), ['/a'])
+    assert.deepEqual(store.data.live(), ['/a'], 'still in the store')
+    assert.deepEqual(await invl.listUrls(), ['/a'])
   })
+
+  const withDel = () => { const store = new PromiseStore(); return { store, held: () => store.data.live() } }
+  const withoutDel = () => {
+    const keys = new Set()
+    return { store: { set (k) { keys.add(k) }, getAllKeys () { return [...keys] }, clearAll () { keys.clear() } }, held: () => [...keys].sort() }
+  }
+  for (const [name, make] of [['with del', withDel], ['without del (clearAll)', withoutDel]]) {
+    it(`${name}: URLs stored during the send, or again while their batch was on its way, stay tracked`, async () => {
+      const cf = await startFakeCloudFront({ distributions: ['EJS'] })
+      try {
+        const { store, held } = make()
+        const invl = createTracker({ cf: { dist: 'EJS', endpoint: cf.endpoint }, store, logger: false })
+        await invl.storeUrl('/a')
+        await invl.storeUrl('/b')
+        cf.fail('slow', { delayMs: 400 })
+        const sending = invl.sendInvalidation()
+        await sleep(150) // claimed, on its way to CloudFront
+        await invl.storeUrl('/during')
+        await invl.storeUrl('/a') // served again: CloudFront may cache it before the invalidation lands
+        await sending
+        assert.deepEqual([...cf.pathsReceived('EJS')].sort(), ['/a', '/b'])
+        assert.deepEqual(held(), ['/a', '/during'])
+        assert.deepEqual(await invl.listUrls(), ['/a', '/during'])
+        await invl.sendInvalidation()
+        assert.deepEqual([...cf.pathsReceived('EJS')].sort(), ['/a', '/a', '/b', '/during'])
+        assert.deepEqual(held(), [])
+      } finally {
+        await cf.stop()
+      }
+    })
+  }
 
   it('removeUrl wins over a write already under way', async () => {
     const store = new SyncStore()

@@ -152,6 +152,8 @@ pub struct Created {
     pub id: String,
     /// CloudFront's status, e.g. `InProgress`.
     pub status: String,
+    /// When CloudFront made it: earlier than the request when its CallerReference had made it already.
+    pub create_time: Option<std::time::SystemTime>,
 }
 
 /// Paths of invalidations still in progress on the distribution.
@@ -303,6 +305,7 @@ impl CloudFront {
         Ok(Created {
             id: inv.id().to_owned(),
             status: inv.status().to_owned(),
+            create_time: std::time::SystemTime::try_from(*inv.create_time()).ok(),
         })
     }
 

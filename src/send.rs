@@ -300,6 +300,12 @@ pub fn caller_reference(dist: &str, claim_id: &str, index: &str, paths: &[String
     )
 }
 
+/// `t` to the whole second below.
+fn whole_seconds(t: std::time::SystemTime) -> std::time::SystemTime {
+    let since = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    std::time::UNIX_EPOCH + Duration::from_secs(since.as_secs())
+}
+
 /// Queues the two halves of a chunk, labelled so that a retry of the same split reuses the same CallerReferences.
 fn split(pending: &mut Vec<(String, Vec<String>)>, label: &str, chunk: &[String]) {
     let (a, b) = chunk.split_at(chunk.len() / 2);
@@ -321,6 +327,9 @@ struct Sender<'a> {
     cfg: &'a SendConfig,
     log: &'a dyn Log,
     deadline: Instant,
+    /// When the send began, to the second below: an invalidation CloudFront says it made before then was not made by
+    /// this send. (CloudFront's clock may not count the milliseconds.)
+    began: std::time::SystemTime,
     /// What this send believes is in progress on the distribution; re-read from CloudFront when it looks full.
     in_progress: Option<InProgress>,
     /// False once CloudFront refused to list invalidations: the send then relies on TooManyInvalidationsInProgress.
@@ -360,8 +369,13 @@ async fn keep_leases(
 
 enum BatchOutcome {
     /// CloudFront accepted the batch: `(invalidation id, CallerReference)` of each request (several when it was
-    /// split), and the paths it refused as invalid, dropped so they cannot block the rest forever.
-    Accepted(Vec<(String, String)>, Vec<String>),
+    /// split), the paths it refused as invalid, dropped so they cannot block the rest forever, and whether an
+    /// invalidation it answered with was made before this send (an earlier try of it had reached CloudFront).
+    Accepted {
+        created: Vec<(String, String)>,
+        refused: Vec<String>,
+        made_before: bool,
+    },
     /// Not accepted: the batch stays tracked for a later send.
     Kept(Error),
 }
@@ -442,6 +456,7 @@ impl Sender<'_> {
     ) -> BatchOutcome {
         let mut pending: Vec<(String, Vec<String>)> = vec![(index.to_string(), paths.to_vec())];
         let mut accepted = Vec::new();
+        let mut made_before = false;
         // Paths CloudFront refused one by one (InvalidArgument): dropped, so that they cannot hold back the rest.
         let mut refused = Vec::new();
         let mut backoff = Duration::from_millis(200);
@@ -462,6 +477,7 @@ impl Sender<'_> {
                         if let Some(ip) = self.in_progress.as_mut() {
                             ip.add(&InProgress::of(&chunk));
                         }
+                        made_before |= created.create_time.is_none_or(|t| t < self.began);
                         accepted.push((created.id, reference.clone()));
                         backoff = Duration::from_millis(200);
                         transient = 0;
@@ -521,7 +537,11 @@ impl Sender<'_> {
                 "CloudFront refused the path {path}; it is dropped"
             ));
         }
-        BatchOutcome::Accepted(accepted, refused)
+        BatchOutcome::Accepted {
+            created: accepted,
+            refused,
+            made_before,
+        }
     }
 
     fn deadline_error(&self) -> Error {
@@ -531,8 +551,9 @@ impl Sender<'_> {
         ))
     }
 
-    /// Sends what is left of one claim. `older` holds the URLs of earlier claims of this send that are still to be
-    /// sent: a new claim leaves them out, so a URL served again while an earlier send failed is sent once.
+    /// Sends what is left of one claim. `older` holds the URLs of earlier claims of this send that had not reached
+    /// CloudFront before it: a new claim leaves them out, so a URL served again while an earlier send failed is not
+    /// billed twice for nothing.
     async fn send_claim(
         &mut self,
         claim: Claim,
@@ -562,11 +583,15 @@ impl Sender<'_> {
                 self.store.save_plan(&id, planned).await?
             }
         };
+        // The batches of a claim are sent in order, and a failure stops the rest: of those not done, only the first
+        // may have reached CloudFront already (its answer lost, or its sender dead). If it had, its CallerReference
+        // gets that invalidation back, made before a URL of it may have been served again: such a URL then goes in
+        // the new claim too. The later ones cover their URLs when this send makes them.
+        let mut undone = (0..planned.len()).filter(|i| !done.contains(i));
+        let first_undone = undone.next().filter(|_| resumed);
         if let (true, Some(seen)) = (resumed, older.as_mut()) {
-            for (i, batch) in planned.iter().enumerate() {
-                if !done.contains(&i) {
-                    seen.extend(batch.covered().iter().cloned());
-                }
+            for i in undone {
+                seen.extend(planned[i].covered().iter().cloned());
             }
         }
         let mut failure: Option<Error> = None;
@@ -588,7 +613,16 @@ impl Sender<'_> {
                     .send_batch(&id, index, &batch.paths, &mut entry.retries)
                     .await
                 {
-                    BatchOutcome::Accepted(created, rejected) => {
+                    BatchOutcome::Accepted {
+                        created,
+                        refused: rejected,
+                        made_before,
+                    } => {
+                        if let (Some(seen), false) = (older.as_mut(), made_before) {
+                            if first_undone == Some(index) {
+                                seen.extend(batch.covered().iter().cloned());
+                            }
+                        }
                         let sent = batch.paths.len() - rejected.len();
                         self.store.batch_done(&id, index, &batch, sent).await?;
                         if !created.is_empty() {
@@ -753,6 +787,7 @@ pub async fn send(
         cfg,
         log,
         deadline: Instant::now() + cfg.send_timeout,
+        began: whole_seconds(std::time::SystemTime::now()),
         in_progress: None,
         pacing: true,
         held: &held,

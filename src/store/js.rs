@@ -144,7 +144,8 @@ struct JsClaim {
     plan: Option<Vec<PlannedBatch>>,
     done: BTreeSet<usize>,
     leased: bool,
-    /// URLs of the claim stored again while it is being sent: not deleted when their batch is accepted.
+    /// URLs of the claim stored again since it was made, or since it was last resumed: when its send holds it, not
+    /// deleted when their batch is accepted; when none does, the next send's new claim takes them.
     restored: HashSet<String>,
 }
 
@@ -156,6 +157,8 @@ struct State {
     /// Keys as the store holds them, by the path they mean (a store written for the original package may hold raw
     /// URLs): `del` is called with these.
     raw_keys: HashMap<String, Vec<String>>,
+    /// While a store without `del` is cleared: the paths stored meanwhile, set again after `clearAll`.
+    clearing: Option<HashSet<String>>,
 }
 
 /// A JavaScript store object behind the [`Store`] trait.
@@ -250,6 +253,51 @@ impl JsStore {
             .await
     }
 
+    /// Forgets what `claim` sent, in a store without `del`: the only way is `clearAll`, so every other path it holds
+    /// (those other claims hold, those stored since the claim was made, those stored again since) is set again after
+    /// it, and so is every path stored while it clears. When setting them again fails, they stay tracked in this
+    /// process as a claim of their own, for the next send. What they lose is their TTL: a store without `del` cannot
+    /// say it.
+    async fn clear_sent(&self, claim: JsClaim) -> Result<()> {
+        let sent: HashSet<String> = {
+            let mut state = self.lock();
+            let others: HashSet<&String> = state.claims.values().flat_map(|c| &c.urls).collect();
+            let sent = claim
+                .plan
+                .iter()
+                .flatten()
+                .flat_map(|b| b.covered().iter())
+                .filter(|u| !claim.restored.contains(*u) && !others.contains(u))
+                .cloned()
+                .collect();
+            state.clearing = Some(HashSet::new());
+            sent
+        };
+        let cleared = async {
+            let held = self.all_keys().await?;
+            self.call("clearAll", None, None).await?;
+            Ok::<_, Error>(held)
+        }
+        .await;
+        let stored_meanwhile = self.lock().clearing.take().unwrap_or_default();
+        let mut keep: BTreeSet<String> =
+            cleared?.into_iter().filter(|u| !sent.contains(u)).collect();
+        keep.extend(stored_meanwhile);
+        let sets = keep.iter().map(|u| (key_of(u), Some(1.0))).collect();
+        if let Err(e) = self.call_each("set", sets).await {
+            let mut state = self.lock();
+            state.claims.insert(
+                new_claim_id(),
+                JsClaim {
+                    urls: keep.into_iter().collect(),
+                    ..JsClaim::default()
+                },
+            );
+            return Err(e);
+        }
+        Ok(())
+    }
+
     /// Every path the store holds, sorted, remembering under which keys it holds them.
     async fn all_keys(&self) -> Result<Vec<String>> {
         let keys = match self.call("getAllKeys", None, None).await? {
@@ -337,16 +385,22 @@ impl Store for JsStore {
     }
 
     async fn put(&self, entries: &[Entry], _max_tracked: usize) -> Result<PutOutcome> {
-        for claim in self.lock().claims.values_mut().filter(|c| c.leased) {
-            let again: Vec<String> = {
-                let held: HashSet<&String> = claim.urls.iter().collect();
-                entries
-                    .iter()
-                    .filter(|e| held.contains(&e.path))
-                    .map(|e| e.path.clone())
-                    .collect()
-            };
-            claim.restored.extend(again);
+        {
+            let mut state = self.lock();
+            if let Some(clearing) = state.clearing.as_mut() {
+                clearing.extend(entries.iter().map(|e| e.path.clone()));
+            }
+            for claim in state.claims.values_mut() {
+                let again: Vec<String> = {
+                    let held: HashSet<&String> = claim.urls.iter().collect();
+                    entries
+                        .iter()
+                        .filter(|e| held.contains(&e.path))
+                        .map(|e| e.path.clone())
+                        .collect()
+                };
+                claim.restored.extend(again);
+            }
         }
         let sets = entries
             .iter()
@@ -414,8 +468,14 @@ impl Store for JsStore {
         let mut claims = Vec::new();
         let mut in_flight: HashSet<&String> = HashSet::new();
         for (id, c) in state.claims.iter() {
-            in_flight.extend(c.urls.iter());
-            if !c.leased {
+            if c.leased {
+                // Another send of this process holds them.
+                in_flight.extend(c.urls.iter());
+            } else {
+                // Those stored again since it was made go in the new claim too (the send leaves out of it those that
+                // this send's invalidations cover); the others are the claim's (its sent ones are in a store without
+                // `del` until `clearAll`).
+                in_flight.extend(c.urls.iter().filter(|u| !c.restored.contains(*u)));
                 claims.push(Claim {
                     id: id.clone(),
                     resumed: true,
@@ -433,6 +493,7 @@ impl Store for JsStore {
         for c in &claims {
             if let Some(mine) = state.claims.get_mut(&c.id) {
                 mine.leased = true;
+                mine.restored.clear();
             }
         }
         let overflow: Vec<String> = std::mem::take(&mut state.overflow).into_iter().collect();
@@ -492,6 +553,17 @@ impl Store for JsStore {
                     .collect()
             };
             self.remove(&forget).await?;
+            // A URL stored again while its `del` was on the way may have been deleted after it was set: set again.
+            let again: Vec<(String, Option<f64>)> = {
+                let state = self.lock();
+                let restored = state.claims.get(claim_id).map(|c| &c.restored);
+                forget
+                    .iter()
+                    .filter(|u| restored.is_some_and(|r| r.contains(*u)))
+                    .map(|u| (key_of(u), Some(1.0)))
+                    .collect()
+            };
+            self.call_each("set", again).await?;
         }
         let mut state = self.lock();
         if let Some(c) = state.claims.get_mut(claim_id) {
@@ -538,11 +610,11 @@ impl Store for JsStore {
     }
 
     async fn finish(&self, claim_id: &str) -> Result<()> {
-        let finished = self.lock().claims.remove(claim_id).is_some();
-        if finished && !self.has("del") {
-            // Without `del` the only way to forget what was sent is to clear everything: URLs stored during the send
-            // are lost with it (see the README).
-            self.call("clearAll", None, None).await?;
+        let Some(claim) = self.lock().claims.remove(claim_id) else {
+            return Ok(());
+        };
+        if !self.has("del") {
+            self.clear_sent(claim).await?;
         }
         Ok(())
     }
