@@ -122,9 +122,12 @@ declare namespace createTracker {
 
   /** What happened to one CreateInvalidation batch. */
   interface BatchReport {
-    /** CloudFront's invalidation id (comma-separated when the batch had to be split). */
+    /**
+     * CloudFront's invalidation id (comma-separated when the batch had to be split; of a `Kept` batch, those of the
+     * parts CloudFront accepted before the failure: the next send gets them back, not new ones).
+     */
     id?: string
-    /** The CallerReference it was sent with. */
+    /** The CallerReference it was (or will be) sent with (of each part, when split). */
     callerReference?: string
     /** `InProgress`, `Completed`, `Kept` (not sent, still tracked), `Rejected` (every path refused) or `DryRun`. */
     status: string

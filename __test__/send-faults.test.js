@@ -180,6 +180,28 @@ describe("CloudFront's limits", () => {
     assert.match(report.batches[0].id, /,/)
   })
 
+  it('a split batch refused part-way is kept, and its report names the part CloudFront made', async () => {
+    const { tracker, urls } = await tracked(100)
+    cf.fail('batchTooLarge')
+    cf.fail('accessDenied', { after: 1 }) // one half goes through, the other is refused
+    cf.fail('batchTooLarge') // still too large when sent again: split the same way, the half made is given back
+    await assert.rejects(tracker.sendInvalidation(), (err) => {
+      assert.equal(err.code, 'ERR_CFIT_CLOUDFRONT')
+      const [batch] = err.report.batches
+      assert.equal(batch.status, 'Kept')
+      const made = cf.invalidations(DIST)
+      assert.equal(made.length, 1)
+      assert.equal(batch.id, made[0].id)
+      assert.equal(batch.callerReference, made[0].callerReference)
+      assert.equal(err.report.kept, 100)
+      return true
+    })
+    await sleep(1100) // the failed send's lease runs out
+    await tracker.sendInvalidation()
+    assertDeliveredOnce(urls)
+    assert.equal(cf.invalidations(DIST).length, 2)
+  })
+
   it('a deadline that passes keeps the rest for later', async () => {
     const { tracker, urls } = await tracked(10, { sendTimeoutMs: 400 })
     cf.fail('tooMany', { times: 1000 })

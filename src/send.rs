@@ -62,9 +62,10 @@ pub struct SendOptions {
 /// What happened to one batch.
 #[derive(Clone, Debug, Default)]
 pub struct BatchReport {
-    /// CloudFront's invalidation id, once accepted.
+    /// CloudFront's invalidation id, once accepted (comma-separated when split; of a kept batch, those of the parts
+    /// CloudFront accepted before the failure).
     pub id: Option<String>,
-    /// The CallerReference it was (or would be) sent with.
+    /// The CallerReference it was (or would be) sent with (of each part, when split).
     pub caller_reference: Option<String>,
     /// `InProgress`, `Completed`, `Kept` (not sent, still tracked), `Rejected` (every path refused) or `DryRun`.
     pub status: String,
@@ -376,8 +377,9 @@ enum BatchOutcome {
         refused: Vec<String>,
         made_before: bool,
     },
-    /// Not accepted: the batch stays tracked for a later send.
-    Kept(Error),
+    /// Not accepted: the batch stays tracked for a later send. When it had been split, the `(invalidation id,
+    /// CallerReference)` of the parts CloudFront accepted before the failure (sent again, they get these back).
+    Kept(Error, Vec<(String, String)>),
 }
 
 impl Sender<'_> {
@@ -466,8 +468,8 @@ impl Sender<'_> {
             loop {
                 match self.wait_for_room(&chunk, retries).await {
                     Ok(true) => {}
-                    Ok(false) => return BatchOutcome::Kept(self.deadline_error()),
-                    Err(e) => return BatchOutcome::Kept(e),
+                    Ok(false) => return BatchOutcome::Kept(self.deadline_error(), accepted),
+                    Err(e) => return BatchOutcome::Kept(e, accepted),
                 }
                 match self
                     .within(self.cf.create_invalidation(&chunk, &reference))
@@ -505,7 +507,7 @@ impl Sender<'_> {
                             .info(&format!("CloudFront is busy ({msg}); waiting"));
                     }
                     Err(CfFailure::Transient(msg)) if transient >= MAX_TRANSIENT_FAILURES => {
-                        return BatchOutcome::Kept(CfFailure::Transient(msg).into())
+                        return BatchOutcome::Kept(CfFailure::Transient(msg).into(), accepted)
                     }
                     Err(CfFailure::Transient(msg)) => {
                         transient += 1;
@@ -513,14 +515,14 @@ impl Sender<'_> {
                             .warn(&format!("CloudFront did not answer ({msg}); retrying"));
                     }
                     Err(CfFailure::BatchTooLarge(m)) => {
-                        return BatchOutcome::Kept(CfFailure::BatchTooLarge(m).into())
+                        return BatchOutcome::Kept(CfFailure::BatchTooLarge(m).into(), accepted)
                     }
                     Err(CfFailure::Fatal { code, message }) => {
-                        return BatchOutcome::Kept(Error::CloudFront { code, message })
+                        return BatchOutcome::Kept(Error::CloudFront { code, message }, accepted)
                     }
                 }
                 if self.timed_out() {
-                    return BatchOutcome::Kept(self.deadline_error());
+                    return BatchOutcome::Kept(self.deadline_error(), accepted);
                 }
                 *retries += 1;
                 let pause = if self.in_progress.is_none() {
@@ -642,20 +644,22 @@ impl Sender<'_> {
                         report.resumed += usize::from(resumed);
                         report.rejected.extend(rejected);
                     }
-                    BatchOutcome::Kept(e) => {
+                    BatchOutcome::Kept(e, parts) => {
                         self.log.warn(&format!("Error! {e}"));
                         failure = Some(e);
+                        if !parts.is_empty() {
+                            let (ids, refs): (Vec<_>, Vec<_>) = parts.into_iter().unzip();
+                            entry.id = Some(ids.join(","));
+                            entry.caller_reference = Some(refs.join(","));
+                        }
                     }
                 }
             }
             if entry.status == "Kept" {
                 entry.error = failure.as_ref().map(ToString::to_string);
-                entry.caller_reference = Some(caller_reference(
-                    self.cf.dist(),
-                    &id,
-                    &index.to_string(),
-                    &batch.paths,
-                ));
+                entry.caller_reference.get_or_insert_with(|| {
+                    caller_reference(self.cf.dist(), &id, &index.to_string(), &batch.paths)
+                });
                 report.kept += batch.covered().len();
             }
             entry.paths = batch.paths;
