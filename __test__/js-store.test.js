@@ -204,6 +204,30 @@ describe('custom stores and the send protocol', () => {
     })
   }
 
+  it('two trackers given one store object send each URL once between them, and resume each other\'s failed send', async () => {
+    const cf = await startFakeCloudFront({ distributions: ['EJS'] })
+    try {
+      const store = new SyncStore()
+      const options = { cf: { dist: 'EJS', endpoint: cf.endpoint }, store, logger: false }
+      const [a, b] = [createTracker(options), createTracker(options)]
+      for (const u of ['/a', '/b']) await a.storeUrl(u)
+      cf.fail('slow', { delayMs: 400 })
+      const reports = await Promise.all([a.sendInvalidation(), sleep(100).then(() => b.sendInvalidation())])
+      assert.deepEqual(reports.map((r) => r.paths), [2, 0])
+      assert.deepEqual([...cf.pathsReceived('EJS')].sort(), ['/a', '/b'])
+
+      await b.storeUrl('/c')
+      cf.fail('accessDenied')
+      await assert.rejects(b.sendInvalidation(), { code: 'ERR_CFIT_CLOUDFRONT' })
+      const report = await a.sendInvalidation()
+      assert.equal(report.resumed, 1)
+      assert.deepEqual([...cf.pathsReceived('EJS')].sort(), ['/a', '/b', '/c'])
+      assert.deepEqual(store.data.live(), [])
+    } finally {
+      await cf.stop()
+    }
+  })
+
   it('removeUrl wins over a write already under way', async () => {
     const store = new SyncStore()
     const set = store.set.bind(store)

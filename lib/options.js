@@ -11,6 +11,16 @@ const UINT32_MAX = 0xffffffff
 /** CloudFront's longest invalidation path; a longer URL cannot be tracked. */
 const MAX_URL_LENGTH = 4000
 
+// Each store object's id: the trackers of this process given the same object share its claims (they live in the
+// process), so that two of them sending never both send what one claimed.
+const storeIds = new WeakMap()
+let lastStoreId = 0
+
+function storeId (store) {
+  if (!storeIds.has(store)) storeIds.set(store, ++lastStoreId)
+  return storeIds.get(store)
+}
+
 function isObject (v) {
   return v !== null && typeof v === 'object' && !Array.isArray(v)
 }
@@ -288,6 +298,7 @@ function parseOptions (options, env = process.env) {
       }
       native.store = 'js'
       native.storeMethods = optionalMethods(store)
+      native.storeId = storeId(store)
       dispatch = dispatcher(store)
     } else {
       throw argType('options.store', "'memory://' or a store object", store)

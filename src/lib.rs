@@ -99,6 +99,8 @@ pub struct NativeOptions {
     pub redis_tls_key: Option<String>,
     /// Optional methods the JavaScript store has.
     pub store_methods: Option<Vec<String>>,
+    /// Which JavaScript store object it is: the trackers of this process given the same one share its claims.
+    pub store_id: Option<u32>,
     /// Per-call timeout of a JavaScript store, in ms.
     pub store_timeout_ms: Option<u32>,
     /// Paths per CreateInvalidation request.
@@ -319,6 +321,7 @@ fn build(
             Arc::new(JsStore::new(
                 dispatch,
                 opts.store_methods.unwrap_or_default(),
+                opts.store_id,
                 ms(opts.store_timeout_ms, JS_STORE_TIMEOUT),
                 rules.clone(),
             ))

@@ -18,7 +18,7 @@ use napi::bindgen_prelude::{FromNapiValue, Promise, ToNapiValue};
 use napi::threadsafe_function::ThreadsafeFunction;
 use napi::{sys, Status, ValueType};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 /// Store calls in flight at once during a bulk write.
@@ -167,14 +167,36 @@ pub struct JsStore {
     methods: HashSet<String>,
     timeout: Duration,
     rules: PathRules,
-    state: Mutex<State>,
+    state: Arc<Mutex<State>>,
+}
+
+/// The state kept of each store object, by its id, while a tracker uses it: claims live in this process, so trackers
+/// given the same object must share them, or each would claim (and send) what the other is sending.
+static STATES: LazyLock<Mutex<HashMap<u32, Weak<Mutex<State>>>>> = LazyLock::new(Mutex::default);
+
+/// The state of store object `id`, shared with the other trackers using it (a state of its own without an id).
+fn state_of(id: Option<u32>) -> Arc<Mutex<State>> {
+    let Some(id) = id else {
+        return Arc::default();
+    };
+    let mut states = STATES
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    states.retain(|_, state| state.strong_count() > 0);
+    if let Some(state) = states.get(&id).and_then(Weak::upgrade) {
+        return state;
+    }
+    let state = Arc::default();
+    states.insert(id, Arc::downgrade(&state));
+    state
 }
 
 impl JsStore {
-    /// A store calling `dispatch`; `methods` names the optional methods the object has.
+    /// A store calling `dispatch`; `methods` names the optional methods the object has, `id` which object it is.
     pub fn new(
         dispatch: Dispatch,
         methods: Vec<String>,
+        id: Option<u32>,
         timeout: Duration,
         rules: PathRules,
     ) -> Self {
@@ -183,7 +205,7 @@ impl JsStore {
             methods: methods.into_iter().collect(),
             timeout,
             rules,
-            state: Mutex::new(State::default()),
+            state: state_of(id),
         }
     }
 
