@@ -312,14 +312,19 @@ describe('store failures reject with the method named and leave the process aliv
     })
   }
 
-  it('a del that fails after CloudFront accepted keeps the URL for the next send (sent again, never lost)', async () => {
+  it('a del that fails after CloudFront accepted keeps the URL for the next send (sent again, never lost), and the report names the invalidation', async () => {
     const store = new SyncStore()
     let failDel = true
     store.del = function (key) { if (failDel) throw new Error('del down'); this.data.del(key) }
     const dist = await env.newDistribution()
     const invl = env.tracker({ cf: { dist }, store })
     await invl.storeUrl('/a')
-    await assert.rejects(invl.sendInvalidation(), { code: 'ERR_CFIT_STORE', message: /'del'/ })
+    const err = await invl.sendInvalidation().then(() => assert.fail('resolved'), (e) => e)
+    assert.equal(err.code, 'ERR_CFIT_STORE')
+    assert.match(err.message, /'del'/)
+    const [made] = await env.invalidations(dist)
+    assert.deepEqual(err.report.batches.map((b) => [b.id, b.status, b.paths]), [[made.id, 'InProgress', ['/a']]])
+    assert.equal(err.report.paths, 1)
     assert.deepEqual(store.data.live(), ['/a'])
     failDel = false
     const report = await invl.sendInvalidation()

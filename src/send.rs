@@ -301,6 +301,16 @@ pub fn caller_reference(dist: &str, claim_id: &str, index: &str, paths: &[String
     )
 }
 
+/// Names in `entry` the invalidations CloudFront made of a batch: `(id, CallerReference)` of each (several when it
+/// was split), comma-separated.
+fn name_invalidations(entry: &mut BatchReport, made: Vec<(String, String)>) {
+    if !made.is_empty() {
+        let (ids, refs): (Vec<_>, Vec<_>) = made.into_iter().unzip();
+        entry.id = Some(ids.join(","));
+        entry.caller_reference = Some(refs.join(","));
+    }
+}
+
 /// `t` to the whole second below.
 fn whole_seconds(t: std::time::SystemTime) -> std::time::SystemTime {
     let since = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
@@ -626,32 +636,27 @@ impl Sender<'_> {
                             }
                         }
                         let sent = batch.paths.len() - rejected.len();
-                        self.store.batch_done(&id, index, &batch, sent).await?;
-                        if !created.is_empty() {
-                            self.log.info("Success! 201");
-                        }
-                        let (ids, refs): (Vec<_>, Vec<_>) = created.into_iter().unzip();
-                        entry.id = (!ids.is_empty()).then(|| ids.join(","));
-                        entry.caller_reference = (!refs.is_empty()).then(|| refs.join(","));
-                        entry.status = if ids.is_empty() {
-                            "Rejected"
-                        } else {
-                            "InProgress"
-                        }
-                        .into();
+                        let made = !created.is_empty();
+                        name_invalidations(&mut entry, created);
+                        entry.status = if made { "InProgress" } else { "Rejected" }.into();
                         report.paths += sent;
                         report.billed_paths += sent as u64;
+                        if let Err(e) = self.store.batch_done(&id, index, &batch, sent).await {
+                            // CloudFront made it: the report says so (the next send gets it back, not a new one).
+                            entry.paths = batch.paths;
+                            report.batches.push(entry);
+                            return Err(e);
+                        }
+                        if made {
+                            self.log.info("Success! 201");
+                        }
                         report.resumed += usize::from(resumed);
                         report.rejected.extend(rejected);
                     }
                     BatchOutcome::Kept(e, parts) => {
                         self.log.warn(&format!("Error! {e}"));
                         failure = Some(e);
-                        if !parts.is_empty() {
-                            let (ids, refs): (Vec<_>, Vec<_>) = parts.into_iter().unzip();
-                            entry.id = Some(ids.join(","));
-                            entry.caller_reference = Some(refs.join(","));
-                        }
+                        name_invalidations(&mut entry, parts);
                     }
                 }
             }
@@ -821,11 +826,15 @@ pub async fn send(
         never = keep_leases(store, cfg, &held, log) => match never {},
     };
     if let Err(e) = sent {
-        // The store failed mid-send: give back every claim not finished, for the next send to resume.
+        // The store failed mid-send: give back every claim not finished, for the next send to resume. The report says
+        // what CloudFront made before.
         for id in std::mem::take(&mut *held.lock().await) {
             let _ = store.release(&id).await;
         }
-        return Err(e);
+        report.error = Some(e);
+        report.billed_this_month = billed_before + report.billed_paths;
+        report.estimated_cost_usd = estimate(billed_before, report.billed_paths);
+        return Ok(report);
     }
     if !report.overflow.is_empty() {
         log.warn(&format!(
