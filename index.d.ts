@@ -156,7 +156,7 @@ declare namespace createTracker {
     rejected: string[]
     /** True when `maxPaths` collapsed paths into wildcards. */
     collapsed: boolean
-    /** Paths billed by this send. */
+    /** Paths billed by this send (not those of a resumed batch CloudFront had made before it, its answer lost). */
     billedPaths: number
     /** Paths billed this month through this store. */
     billedThisMonth: number

@@ -339,6 +339,8 @@ describe('failures part-way', () => {
       await Promise.all(['/x', '/z'].map((u) => tracker.storeUrl(u)))
       const report = await tracker.sendInvalidation()
       assert.equal(report.resumed, 1)
+      assert.equal(report.billedPaths, 2, 'the resumed batch was billed when CloudFront made it, in the first send')
+      assert.equal(report.billedThisMonth, 4, 'and is counted once')
       const after = cf.invalidations(DIST).filter((i) => i.createTime.getTime() >= servedAgain)
       assert.deepEqual(after.flatMap((i) => i.paths).sort(), ['/x', '/z'], 'what was served since, once')
       assert.deepEqual(await tracker.listUrls(), [])

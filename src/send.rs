@@ -96,7 +96,7 @@ pub struct SendReport {
     pub rejected: Vec<String>,
     /// True when `maxPaths` made the send collapse paths into wildcards.
     pub collapsed: bool,
-    /// Paths billed by this send.
+    /// Paths billed by this send: not those of a resumed batch CloudFront had made before it.
     pub billed_paths: u64,
     /// Paths billed this month through this store, this send included.
     pub billed_this_month: u64,
@@ -380,12 +380,13 @@ async fn keep_leases(
 
 enum BatchOutcome {
     /// CloudFront accepted the batch: `(invalidation id, CallerReference)` of each request (several when it was
-    /// split), the paths it refused as invalid, dropped so they cannot block the rest forever, and whether an
-    /// invalidation it answered with was made before this send (an earlier try of it had reached CloudFront).
+    /// split), the paths it refused as invalid, dropped so they cannot block the rest forever, and how many of its
+    /// paths CloudFront answered with an invalidation made before this send (an earlier try had reached it, and was
+    /// billed then).
     Accepted {
         created: Vec<(String, String)>,
         refused: Vec<String>,
-        made_before: bool,
+        made_before: usize,
     },
     /// Not accepted: the batch stays tracked for a later send. When it had been split, the `(invalidation id,
     /// CallerReference)` of the parts CloudFront accepted before the failure (sent again, they get these back).
@@ -468,7 +469,7 @@ impl Sender<'_> {
     ) -> BatchOutcome {
         let mut pending: Vec<(String, Vec<String>)> = vec![(index.to_string(), paths.to_vec())];
         let mut accepted = Vec::new();
-        let mut made_before = false;
+        let mut made_before = 0;
         // Paths CloudFront refused one by one (InvalidArgument): dropped, so that they cannot hold back the rest.
         let mut refused = Vec::new();
         let mut backoff = Duration::from_millis(200);
@@ -489,7 +490,9 @@ impl Sender<'_> {
                         if let Some(ip) = self.in_progress.as_mut() {
                             ip.add(&InProgress::of(&chunk));
                         }
-                        made_before |= created.create_time.is_none_or(|t| t < self.began);
+                        if created.create_time.is_none_or(|t| t < self.began) {
+                            made_before += chunk.len();
+                        }
                         accepted.push((created.id, reference.clone()));
                         backoff = Duration::from_millis(200);
                         transient = 0;
@@ -630,7 +633,7 @@ impl Sender<'_> {
                         refused: rejected,
                         made_before,
                     } => {
-                        if let (Some(seen), false) = (older.as_mut(), made_before) {
+                        if let (Some(seen), 0) = (older.as_mut(), made_before) {
                             if first_undone == Some(index) {
                                 seen.extend(batch.covered().iter().cloned());
                             }
@@ -640,7 +643,7 @@ impl Sender<'_> {
                         name_invalidations(&mut entry, created);
                         entry.status = if made { "InProgress" } else { "Rejected" }.into();
                         report.paths += sent;
-                        report.billed_paths += sent as u64;
+                        report.billed_paths += sent.saturating_sub(made_before) as u64;
                         if let Err(e) = self.store.batch_done(&id, index, &batch, sent).await {
                             // CloudFront made it: the report says so (the next send gets it back, not a new one).
                             entry.paths = batch.paths;
@@ -845,7 +848,11 @@ pub async fn send(
     if opts.wait && report.error.is_none() {
         sender.wait_completed(&mut report).await;
     }
-    report.billed_this_month = billed_before + report.billed_paths;
+    // As the store counts it: a resumed batch that CloudFront had made before counts once, when it is done.
+    report.billed_this_month = store
+        .billed_this_month()
+        .await
+        .unwrap_or(billed_before + report.billed_paths);
     report.estimated_cost_usd = estimate(billed_before, report.billed_paths);
     Ok(report)
 }
