@@ -212,7 +212,9 @@ describe('custom stores and the send protocol', () => {
       const [a, b] = [createTracker(options), createTracker(options)]
       for (const u of ['/a', '/b']) await a.storeUrl(u)
       cf.fail('slow', { delayMs: 400 })
-      const reports = await Promise.all([a.sendInvalidation(), sleep(100).then(() => b.sendInvalidation())])
+      const sendingA = a.sendInvalidation()
+      for (let i = 0; i < 200 && cf.requests.length === 0; i++) await sleep(10) // A has claimed and is sending
+      const reports = await Promise.all([sendingA, b.sendInvalidation()])
       assert.deepEqual(reports.map((r) => r.paths), [2, 0])
       assert.deepEqual([...cf.pathsReceived('EJS')].sort(), ['/a', '/b'])
 
