@@ -325,27 +325,37 @@ describe('failures part-way', () => {
   })
 
   for (const kind of ['redis', 'memory', 'custom']) {
-    it(`a URL served again after a lost answer made its invalidation is invalidated again (${kind})`, async () => {
-      const opts = kind === 'redis' ? options() : { ...options(), redis: undefined, store: kind === 'memory' ? 'memory://' : new SyncStore() }
-      const tracker = createTracker(opts)
-      await Promise.all(['/x', '/y'].map((u) => tracker.storeUrl(u)))
-      // CloudFront makes the invalidation but its answer is lost; the retry is refused: the batch is kept.
-      cf.fail('acceptThenReset')
-      cf.fail('accessDenied')
-      await assert.rejects(tracker.sendInvalidation(), { code: 'ERR_CFIT_CLOUDFRONT' })
-      assert.equal(cf.invalidations(DIST).length, 1, 'CloudFront made it')
-      await sleep(1100) // the failed send's lease runs out
-      const servedAgain = Date.now()
-      await Promise.all(['/x', '/z'].map((u) => tracker.storeUrl(u)))
-      const report = await tracker.sendInvalidation()
-      assert.equal(report.resumed, 1)
-      assert.equal(report.billedPaths, 2, 'the resumed batch was billed when CloudFront made it, in the first send')
-      assert.equal(report.billedThisMonth, 4, 'and is counted once')
-      const after = cf.invalidations(DIST).filter((i) => i.createTime.getTime() >= servedAgain)
-      assert.deepEqual(after.flatMap((i) => i.paths).sort(), ['/x', '/z'], 'what was served since, once')
-      assert.deepEqual(await tracker.listUrls(), [])
-    })
+    for (const failedBetween of [false, true]) {
+      const title = `a URL served again after a lost answer made its invalidation is invalidated again${failedBetween ? ', after another send failed' : ''} (${kind})`
+      it(title, async () => {
+        const opts = kind === 'redis' ? options() : { ...options(), redis: undefined, store: kind === 'memory' ? 'memory://' : new SyncStore() }
+        const tracker = createTracker(opts)
+        await Promise.all(['/x', '/y'].map((u) => tracker.storeUrl(u)))
+        // CloudFront makes the invalidation but its answer is lost; the retry is refused: the batch is kept.
+        cf.fail('acceptThenReset')
+        cf.fail('accessDenied')
+        await assert.rejects(tracker.sendInvalidation(), { code: 'ERR_CFIT_CLOUDFRONT' })
+        assert.equal(cf.invalidations(DIST).length, 1, 'CloudFront made it')
+        await sleep(1100) // the failed send's lease runs out
+        const servedAgain = Date.now()
+        await Promise.all(['/x', '/z'].map((u) => tracker.storeUrl(u)))
+        if (failedBetween) {
+          // The kept batch is refused again: the new claim of /x and /z is given back untried.
+          cf.fail('accessDenied')
+          await assert.rejects(tracker.sendInvalidation(), { code: 'ERR_CFIT_CLOUDFRONT' })
+          await sleep(1100)
+        }
+        const report = await tracker.sendInvalidation()
+        assert.equal(report.resumed, 1)
+        assert.equal(report.billedPaths, 2, 'the resumed batch was billed when CloudFront made it, in the first send')
+        assert.equal(report.billedThisMonth, 4, 'and is counted once')
+        const after = cf.invalidations(DIST).filter((i) => i.createTime.getTime() >= servedAgain)
+        assert.deepEqual(after.flatMap((i) => i.paths).sort(), ['/x', '/z'], 'what was served since, once')
+        assert.deepEqual(await tracker.listUrls(), [])
+      })
+    }
   }
+
 
   it('a sender keeps the leases of every claim it holds while it waits on one: no other sender takes them, nothing is billed twice', async () => {
     // Room for three paths in progress, each invalidation in progress for 3 s.

@@ -144,9 +144,20 @@ struct JsClaim {
     plan: Option<Vec<PlannedBatch>>,
     done: BTreeSet<usize>,
     leased: bool,
-    /// URLs of the claim stored again since it was made, or since it was last resumed: when its send holds it, not
-    /// deleted when their batch is accepted; when none does, the next send's new claim takes them.
+    /// URLs of the claim stored again while its send held it: not deleted when their batch is accepted.
     restored: HashSet<String>,
+    /// URLs of the claim stored again while no send held it (or while a send that failed held it): the next new claim
+    /// takes them too, and the send leaves them out of it where its invalidations cover them.
+    again: HashSet<String>,
+    /// Of a new claim: the URLs it took from `again` of older claims, by claim id, given back to them with the claim.
+    took: HashMap<String, HashSet<String>>,
+}
+
+impl JsClaim {
+    /// True when `url` was stored again since the claim was made (or last resumed).
+    fn stored_again(&self, url: &str) -> bool {
+        self.restored.contains(url) || self.again.contains(url)
+    }
 }
 
 #[derive(Default)]
@@ -289,7 +300,7 @@ impl JsStore {
                 .iter()
                 .flatten()
                 .flat_map(|b| b.covered().iter())
-                .filter(|u| !claim.restored.contains(*u) && !others.contains(u))
+                .filter(|u| !claim.stored_again(u) && !others.contains(u))
                 .cloned()
                 .collect();
             state.clearing = Some(HashSet::new());
@@ -413,15 +424,16 @@ impl Store for JsStore {
                 clearing.extend(entries.iter().map(|e| e.path.clone()));
             }
             for claim in state.claims.values_mut() {
-                let again: Vec<String> = {
-                    let held: HashSet<&String> = claim.urls.iter().collect();
-                    entries
-                        .iter()
-                        .filter(|e| held.contains(&e.path))
-                        .map(|e| e.path.clone())
-                        .collect()
-                };
-                claim.restored.extend(again);
+                let held: HashSet<&String> = claim.urls.iter().collect();
+                let again = entries
+                    .iter()
+                    .filter(|e| held.contains(&e.path))
+                    .map(|e| e.path.clone());
+                if claim.leased {
+                    claim.restored.extend(again);
+                } else {
+                    claim.again.extend(again);
+                }
             }
         }
         let sets = entries
@@ -497,7 +509,7 @@ impl Store for JsStore {
                 // Those stored again since it was made go in the new claim too (the send leaves out of it those that
                 // this send's invalidations cover); the others are the claim's (its sent ones are in a store without
                 // `del` until `clearAll`).
-                in_flight.extend(c.urls.iter().filter(|u| !c.restored.contains(*u)));
+                in_flight.extend(c.urls.iter().filter(|u| !c.again.contains(*u)));
                 claims.push(Claim {
                     id: id.clone(),
                     resumed: true,
@@ -512,10 +524,18 @@ impl Store for JsStore {
             .into_iter()
             .filter(|k| !in_flight.contains(k))
             .collect();
+        let mut took = HashMap::new();
+        let taken: HashSet<&String> = fresh.iter().collect();
         for c in &claims {
             if let Some(mine) = state.claims.get_mut(&c.id) {
                 mine.leased = true;
-                mine.restored.clear();
+                let (now, later) = std::mem::take(&mut mine.again)
+                    .into_iter()
+                    .partition(|u| taken.contains(u));
+                mine.again = later;
+                if !now.is_empty() {
+                    took.insert(c.id.clone(), now);
+                }
             }
         }
         let overflow: Vec<String> = std::mem::take(&mut state.overflow).into_iter().collect();
@@ -535,6 +555,7 @@ impl Store for JsStore {
                     urls: fresh,
                     overflow,
                     leased: true,
+                    took,
                     ..JsClaim::default()
                 },
             );
@@ -566,11 +587,11 @@ impl Store for JsStore {
             // while its batch was in flight stays tracked for the next send.
             let forget: Vec<String> = {
                 let state = self.lock();
-                let restored = state.claims.get(claim_id).map(|c| &c.restored);
+                let claim = state.claims.get(claim_id);
                 batch
                     .covered()
                     .iter()
-                    .filter(|u| restored.is_none_or(|r| !r.contains(*u)))
+                    .filter(|u| claim.is_none_or(|c| !c.stored_again(u)))
                     .cloned()
                     .collect()
             };
@@ -578,10 +599,10 @@ impl Store for JsStore {
             // A URL stored again while its `del` was on the way may have been deleted after it was set: set again.
             let again: Vec<(String, Option<f64>)> = {
                 let state = self.lock();
-                let restored = state.claims.get(claim_id).map(|c| &c.restored);
+                let claim = state.claims.get(claim_id);
                 forget
                     .iter()
-                    .filter(|u| restored.is_some_and(|r| r.contains(*u)))
+                    .filter(|u| claim.is_some_and(|c| c.stored_again(u)))
                     .map(|u| (key_of(u), Some(1.0)))
                     .collect()
             };
@@ -608,6 +629,9 @@ impl Store for JsStore {
     async fn release(&self, claim_id: &str) -> Result<()> {
         if let Some(c) = self.lock().claims.get_mut(claim_id) {
             c.leased = false;
+            // Stored again while a batch of theirs may have reached CloudFront: the next new claim takes them.
+            let restored = std::mem::take(&mut c.restored);
+            c.again.extend(restored);
         }
         Ok(())
     }
@@ -622,10 +646,16 @@ impl Store for JsStore {
             return self.release(claim_id).await;
         }
         let mut state = self.lock();
-        // The store still holds the claim's URLs: once the claim is gone, the next claim takes them again.
+        // The store still holds the claim's URLs: once the claim is gone, the next claim takes them again, those it
+        // took of older claims stored again included.
         if let Some(c) = state.claims.remove(claim_id) {
             for w in &c.overflow {
                 add_overflow(&mut state.overflow, w);
+            }
+            for (older, urls) in c.took {
+                if let Some(o) = state.claims.get_mut(&older) {
+                    o.again.extend(urls);
+                }
             }
         }
         Ok(())
