@@ -204,6 +204,25 @@ describe('custom stores and the send protocol', () => {
     })
   }
 
+  it('without del, a URL served again while CloudFront refused its send is sent once, and then forgotten', async () => {
+    const cf = await startFakeCloudFront({ distributions: ['EJS'] })
+    try {
+      const { store, held } = withoutDel()
+      const invl = createTracker({ cf: { dist: 'EJS', endpoint: cf.endpoint }, store, logger: false })
+      await invl.storeUrl('/a')
+      cf.fail('accessDenied')
+      await assert.rejects(invl.sendInvalidation(), { code: 'ERR_CFIT_CLOUDFRONT' })
+      await invl.storeUrl('/a') // served again; CloudFront never made the first try
+      await invl.storeUrl('/b')
+      await invl.sendInvalidation()
+      assert.deepEqual([...cf.pathsReceived('EJS')].sort(), ['/a', '/b'])
+      assert.deepEqual(held(), [])
+      assert.deepEqual(await invl.listUrls(), [])
+    } finally {
+      await cf.stop()
+    }
+  })
+
   it('two trackers given one store object send each URL once between them, and resume each other\'s failed send', async () => {
     const cf = await startFakeCloudFront({ distributions: ['EJS'] })
     try {

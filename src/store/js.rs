@@ -295,11 +295,13 @@ impl JsStore {
         let sent: HashSet<String> = {
             let mut state = self.lock();
             let others: HashSet<&String> = state.claims.values().flat_map(|c| &c.urls).collect();
+            // Its URLs the send left out of its plan were covered by an older claim of the same send.
             let sent = claim
                 .plan
                 .iter()
                 .flatten()
                 .flat_map(|b| b.covered().iter())
+                .chain(&claim.urls)
                 .filter(|u| !claim.stored_again(u) && !others.contains(u))
                 .cloned()
                 .collect();
