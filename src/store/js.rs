@@ -139,25 +139,17 @@ pub type Dispatch =
 
 #[derive(Default)]
 struct JsClaim {
-    urls: Vec<String>,
+    urls: HashSet<String>,
     overflow: Vec<String>,
     plan: Option<Vec<PlannedBatch>>,
     done: BTreeSet<usize>,
     leased: bool,
-    /// URLs of the claim stored again while its send held it: not deleted when their batch is accepted.
-    restored: HashSet<String>,
-    /// URLs of the claim stored again while no send held it (or while a send that failed held it): the next new claim
-    /// takes them too, and the send leaves them out of it where its invalidations cover them.
+    /// URLs of the claim stored again since it was made (or last resumed): not deleted when their batch is accepted,
+    /// and, once no send holds the claim, taken by the next new claim too (the send leaves them out of it where its
+    /// invalidations cover them).
     again: HashSet<String>,
     /// Of a new claim: the URLs it took from `again` of older claims, by claim id, given back to them with the claim.
     took: HashMap<String, HashSet<String>>,
-}
-
-impl JsClaim {
-    /// True when `url` was stored again since the claim was made (or last resumed).
-    fn stored_again(&self, url: &str) -> bool {
-        self.restored.contains(url) || self.again.contains(url)
-    }
 }
 
 #[derive(Default)]
@@ -302,7 +294,7 @@ impl JsStore {
                 .flatten()
                 .flat_map(|b| b.covered().iter())
                 .chain(&claim.urls)
-                .filter(|u| !claim.stored_again(u) && !others.contains(u))
+                .filter(|u| !claim.again.contains(*u) && !others.contains(u))
                 .cloned()
                 .collect();
             state.clearing = Some(HashSet::new());
@@ -376,6 +368,15 @@ impl JsStore {
         }
     }
 
+    /// `urls` parted in two: those of claim `claim_id` stored again since it was made (or last resumed), and the others.
+    fn split_stored_again(&self, claim_id: &str, urls: &[String]) -> (Vec<String>, Vec<String>) {
+        let state = self.lock();
+        let again = state.claims.get(claim_id).map(|c| &c.again);
+        urls.iter()
+            .cloned()
+            .partition(|u| again.is_some_and(|a| a.contains(u)))
+    }
+
     /// The keys to delete for these paths.
     fn keys_of(&self, paths: &[String]) -> Vec<(String, Option<f64>)> {
         let state = self.lock();
@@ -426,16 +427,11 @@ impl Store for JsStore {
                 clearing.extend(entries.iter().map(|e| e.path.clone()));
             }
             for claim in state.claims.values_mut() {
-                let held: HashSet<&String> = claim.urls.iter().collect();
                 let again = entries
                     .iter()
-                    .filter(|e| held.contains(&e.path))
+                    .filter(|e| claim.urls.contains(&e.path))
                     .map(|e| e.path.clone());
-                if claim.leased {
-                    claim.restored.extend(again);
-                } else {
-                    claim.again.extend(again);
-                }
+                claim.again.extend(again);
             }
         }
         let sets = entries
@@ -515,7 +511,7 @@ impl Store for JsStore {
                 claims.push(Claim {
                     id: id.clone(),
                     resumed: true,
-                    urls: c.urls.clone(),
+                    urls: c.urls.iter().cloned().collect(),
                     overflow: c.overflow.clone(),
                     plan: c.plan.clone(),
                     done: c.done.clone(),
@@ -554,7 +550,7 @@ impl Store for JsStore {
             state.claims.insert(
                 id,
                 JsClaim {
-                    urls: fresh,
+                    urls: fresh.into_iter().collect(),
                     overflow,
                     leased: true,
                     took,
@@ -587,28 +583,12 @@ impl Store for JsStore {
         if has_del {
             // Forget exactly what CloudFront accepted, so URLs stored during the send survive it; a URL stored again
             // while its batch was in flight stays tracked for the next send.
-            let forget: Vec<String> = {
-                let state = self.lock();
-                let claim = state.claims.get(claim_id);
-                batch
-                    .covered()
-                    .iter()
-                    .filter(|u| claim.is_none_or(|c| !c.stored_again(u)))
-                    .cloned()
-                    .collect()
-            };
+            let (_, forget) = self.split_stored_again(claim_id, batch.covered());
             self.remove(&forget).await?;
             // A URL stored again while its `del` was on the way may have been deleted after it was set: set again.
-            let again: Vec<(String, Option<f64>)> = {
-                let state = self.lock();
-                let claim = state.claims.get(claim_id);
-                forget
-                    .iter()
-                    .filter(|u| claim.is_some_and(|c| c.stored_again(u)))
-                    .map(|u| (key_of(u), Some(1.0)))
-                    .collect()
-            };
-            self.call_each("set", again).await?;
+            let (again, _) = self.split_stored_again(claim_id, &forget);
+            let sets = again.into_iter().map(|u| (key_of(&u), Some(1.0))).collect();
+            self.call_each("set", sets).await?;
         }
         let mut state = self.lock();
         if let Some(c) = state.claims.get_mut(claim_id) {
@@ -631,9 +611,6 @@ impl Store for JsStore {
     async fn release(&self, claim_id: &str) -> Result<()> {
         if let Some(c) = self.lock().claims.get_mut(claim_id) {
             c.leased = false;
-            // Stored again while a batch of theirs may have reached CloudFront: the next new claim takes them.
-            let restored = std::mem::take(&mut c.restored);
-            c.again.extend(restored);
         }
         Ok(())
     }
