@@ -11,8 +11,9 @@ set -euo pipefail
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="$repo_root/.venv"
 
-# The version of moto the suite is known to work with; override with MOTO_SPEC.
-moto_spec="${MOTO_SPEC:-moto[server]>=5.0,<6}"
+# The versions of moto the suite is known to work with (older 5.x answer ListDistributions without the origins the S3
+# helpers look for); override with MOTO_SPEC.
+moto_spec="${MOTO_SPEC:-moto[server]>=5.2.5,<6}"
 
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then
@@ -90,7 +91,7 @@ install_openssl() {
 }
 
 install_moto() {
-  if [ -x "$venv/bin/moto_server" ]; then
+  if [ -x "$venv/bin/moto_server" ] && moto_fits; then
     return 0
   fi
   echo "install-test-services: installing moto into .venv (pip)"
@@ -111,6 +112,16 @@ install_moto() {
     echo "install-test-services: .venv/bin/moto_server missing after install" >&2
     return 1
   }
+}
+
+# True when the moto in .venv satisfies $moto_spec (an older one is upgraded in place).
+moto_fits() {
+  "$venv/bin/python" - "$moto_spec" >/dev/null 2>&1 <<'PY'
+import sys
+from importlib.metadata import version
+from pip._vendor.packaging.requirements import Requirement
+sys.exit(0 if Requirement(sys.argv[1]).specifier.contains(version("moto"), prereleases=True) else 1)
+PY
 }
 
 install_redis
