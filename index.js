@@ -54,6 +54,18 @@ function checkTtl (ttl, name = 'ttlInSec') {
   if (!Number.isFinite(ttl) || ttl < 0) throw argValue(name, 'must be a finite number >= 0', ttl)
 }
 
+const TRACK_OPTIONS = ['ttl', 'wildcard']
+
+/** The options object of `storeUrl`: a plain object naming only what it takes, so that a misspelt TTL is not lost. */
+function checkCallOptions (options) {
+  const proto = Object.getPrototypeOf(options)
+  if (Array.isArray(options) || (proto !== Object.prototype && proto !== null)) {
+    throw argType('options', 'a number of seconds or an object { ttl, wildcard }', options)
+  }
+  const unknown = Object.keys(options).filter((k) => !TRACK_OPTIONS.includes(k))
+  if (unknown.length > 0) throw argValue('options', `has no option ${unknown.join(', ')} (it takes ttl and wildcard)`, options)
+}
+
 /**
  * Tracks the URLs a server serves and invalidates them on CloudFront. Every method returns a Promise; one nobody
  * awaits never becomes an unhandled rejection: its failure goes to the logger.
@@ -177,6 +189,7 @@ class Tracker {
       let wildcard = false
       if (ttlInSec !== undefined && ttlInSec !== null) {
         if (typeof ttlInSec === 'object') {
+          checkCallOptions(ttlInSec)
           ttl = ttlInSec.ttl ?? undefined
           wildcard = optBoolean(ttlInSec, 'wildcard', false, 'options')
           if (ttl !== undefined) checkTtl(ttl, 'options.ttl')

@@ -99,6 +99,11 @@ describe('calls', () => {
       [() => invl.storeUrl('/x', Infinity), RangeError, 'ERR_INVALID_ARG_VALUE'],
       [() => invl.storeUrl('/x', '60'), TypeError, 'ERR_INVALID_ARG_TYPE'],
       [() => invl.storeUrl('/x', { wildcard: 'yes' }), TypeError, 'ERR_INVALID_ARG_TYPE'],
+      // A misspelt option would track the URL for ever, or as a plain URL: refused.
+      [() => invl.storeUrl('/x', { tll: 60 }), RangeError, 'ERR_INVALID_ARG_VALUE'],
+      [() => invl.storeUrl('/x', { ttl: 60, wildcrd: true }), RangeError, 'ERR_INVALID_ARG_VALUE'],
+      [() => invl.storeUrl('/x', [60]), TypeError, 'ERR_INVALID_ARG_TYPE'],
+      [() => invl.storeUrl('/x', new Date()), TypeError, 'ERR_INVALID_ARG_TYPE'],
       [() => invl.setUrlTTL('/ok', -5), RangeError, 'ERR_INVALID_ARG_VALUE'],
       [() => invl.removeUrl(null), TypeError, 'ERR_INVALID_ARG_TYPE'],
       [() => invl.sendInvalidation('now'), TypeError, 'ERR_INVALID_ARG_TYPE'],
