@@ -293,6 +293,8 @@ declare namespace createTracker {
     logger?: Logger | false
     /** Wait until CloudFront has completed the invalidations. */
     wait?: boolean
+    /** Send nothing: the reports say what would be sent. */
+    dryRun?: boolean
     /**
      * With `cf.dist`: the origin path of its origin on the bucket (`'/production'`), taken off the keys. Without
      * `cf.dist`, each distribution's is read from CloudFront.

@@ -233,6 +233,35 @@ describe('invalidateS3Event and findDistributionByOrigin (moto)', () => {
     assert.deepEqual(added, ['/%20', '/notes%09', '/report.pdf%20'])
   })
 
+  test('dryRun sends nothing and reports what would be sent; bad options are refused before CloudFront is called', async () => {
+    const was = await received(photos)
+    const warnings = []
+    const logger = { info () {}, error () {}, warn: (m) => warnings.push(m) }
+    const event = { Records: [record('mybucket', 'dry.jpg'), record('mybucket', 'run.jpg')] }
+    const [report] = await invalidateS3Event(event, { cf: cf(), logger, dryRun: true, origin_path: '/x' })
+    assert.equal(report.distribution, photos)
+    assert.equal(report.dryRun, true)
+    assert.deepEqual(report.batches.flatMap((b) => b.paths).sort(), ['/dry.jpg', '/run.jpg'])
+    assert.deepEqual(await received(photos), was, 'nothing was sent')
+    // A misspelt name is warned of once, with the name it most likely meant, not once per distribution or send.
+    assert.deepEqual(warnings, ['cf-invalidation-tracker: unknown option options.origin_path ignored (did you mean originPath?)'])
+
+    // Refused before anything is looked up: CloudFront (here a server of ours recording requests) gets no call.
+    const fake = await startFakeCloudFront({ distributions: [{ id: 'ES3OPTS', originDomain: 'opts-bucket.s3.amazonaws.com' }] })
+    try {
+      const opts = { Records: [record('opts-bucket', 'a.jpg')] }
+      for (const [bad, code] of [[{ batchSize: 0 }, 'ERR_INVALID_ARG_VALUE'], [{ queryStrings: 'nope' }, 'ERR_INVALID_ARG_VALUE'],
+        [{ dryRun: 'yes' }, 'ERR_INVALID_ARG_TYPE'], [{ wait: 1 }, 'ERR_INVALID_ARG_TYPE']]) {
+        await assert.rejects(invalidateS3Event(opts, { cf: { endpoint: fake.endpoint }, logger: false, ...bad }), { code })
+        // An event naming no object is checked alike.
+        await assert.rejects(invalidateS3Event({ Records: [] }, { cf: { endpoint: fake.endpoint }, logger: false, ...bad }), { code })
+      }
+      assert.deepEqual(fake.requests, [])
+    } finally {
+      await fake.stop()
+    }
+  })
+
   test('a failed send rejects with the CloudFront error and every report', async () => {
     const event = { Records: [record('mybucket', 'z.jpg')] }
     await assert.rejects(invalidateS3Event(event, { cf: { ...cf(), dist: 'NOSUCHDIST' }, logger: false }), (err) => {

@@ -66,10 +66,19 @@ const KNOWN_OPTIONS = {
  * Warnings for the names in `object` that `where` does not take (`known`, or those listed for it), each with the
  * known name it most likely meant.
  */
+/** A copy of `object` with only the names `where` takes. */
+function knownOnly (object, where) {
+  return Object.fromEntries(Object.entries(object).filter(([k]) => KNOWN_OPTIONS[where].includes(k)))
+}
+
+// Names other clients give an option, by the (squashed) name, with the one the tracker takes.
+const OTHER_NAMES = { database: 'db', dbnumber: 'db', pass: 'password', user: 'username', distribution: 'dist',
+  distributionid: 'dist', dryrun: 'dryRun' }
+
 function unknownOptions (object, where, known = KNOWN_OPTIONS[where]) {
   const squash = (name) => name.toLowerCase().replace(/[_-]/g, '')
   return Object.keys(object).filter((k) => !known.includes(k)).map((k) => {
-    const meant = known.find((name) => squash(name) === squash(k))
+    const meant = known.find((name) => squash(name) === squash(k) || name === OTHER_NAMES[squash(k)])
     return `cf-invalidation-tracker: unknown option ${where}.${k} ignored` + (meant ? ` (did you mean ${meant}?)` : '')
   })
 }
@@ -378,4 +387,4 @@ function parseOptions (options, env = process.env) {
   return { native, logger: parseLogger(options.logger), dispatch, warnings }
 }
 
-module.exports = { parseOptions, redisUrl, optBoolean, unknownOptions, MISSING_CF, MAX_URL_LENGTH }
+module.exports = { parseOptions, redisUrl, optBoolean, unknownOptions, knownOnly, KNOWN_OPTIONS, MISSING_CF, MAX_URL_LENGTH }

@@ -6,11 +6,12 @@
 
 const crypto = require('node:crypto')
 const { argType, argValue } = require('./errors')
+const { KNOWN_OPTIONS, knownOnly, optBoolean, unknownOptions } = require('./options')
 
 /** The distribution id the lookup tracker is built with: listing distributions does not use it. */
 const LOOKUP_DIST = 'LOOKUP'
 
-const OPTION_KEYS_NOT_PASSED = new Set(['cf', 'logger', 'wait', 'store', 'redis', 'originPath', '_claimName'])
+const OPTION_KEYS_NOT_PASSED = new Set(['cf', 'logger', 'wait', 'dryRun', 'store', 'redis', 'originPath', '_claimName'])
 
 function isObject (v) {
   return v !== null && typeof v === 'object' && !Array.isArray(v)
@@ -238,12 +239,31 @@ function keysByBucket (event) {
   return out
 }
 
+/** The names `invalidateS3Event` takes besides the tracker's. */
+const S3_OPTIONS = ['wait', 'dryRun', 'originPath']
+
+/**
+ * The tracker options of `invalidateS3Event`'s sends, checked once, before anything is looked up or sent: a bad value
+ * is refused then (by a tracker made and closed at once), and a name nothing takes is warned of once and left out.
+ */
+async function checkedTrackerOptions (options, cf) {
+  const warnings = [...unknownOptions(options, 'options', [...KNOWN_OPTIONS.options, ...S3_OPTIONS]),
+    ...unknownOptions(cf, 'options.cf')]
+  for (const w of warnings) warn(options.logger, w)
+  const passed = {}
+  for (const [k, v] of Object.entries(knownOnly(options, 'options'))) if (!OPTION_KEYS_NOT_PASSED.has(k)) passed[k] = v
+  const check = createTracker({ ...passed, cf: { ...knownOnly(cf, 'options.cf'), dist: cf.dist || LOOKUP_DIST }, store: 'memory://', logger: false })
+  await check.disconnect()
+  return passed
+}
+
 /**
  * Invalidates the objects an S3 event names (records `ObjectCreated:*` and `ObjectRemoved:*`; plain, or wrapped in
  * SNS/SQS records). Each key becomes the path it is served at, sent to `options.cf.dist` when given, else to every
  * distribution whose origin is the record's bucket: '/' + the key, less the origin's origin path (`originPath` with
  * `cf.dist`, else read from CloudFront; a key outside it is not served there). Other tracker options (`batchSize`,
- * `queryStrings`, `indexDocument`, `sendTimeoutMs`, ...) apply to the send; `wait: true` waits until CloudFront completed; `logger`
+ * `queryStrings`, `indexDocument`, `sendTimeoutMs`, ...) apply to the send; `wait: true` waits until CloudFront completed,
+ * `dryRun: true` sends nothing (the reports say what would be sent); `logger`
  * is the tracker's (console by default, which in Lambda is CloudWatch).
  *
  * Resolves to an array with one report per distribution, in the tracker's report shape plus `distribution` (its id)
@@ -258,10 +278,10 @@ function keysByBucket (event) {
 async function invalidateS3Event (event, options) {
   if (!isObject(event)) throw argType('event', 'of type object', event)
   const cf = checkCf(options)
-  const { logger, wait = false } = options
-  const trackerOptions = {}
-  for (const [k, v] of Object.entries(options)) if (!OPTION_KEYS_NOT_PASSED.has(k)) trackerOptions[k] = v
-
+  const { logger } = options
+  const wait = optBoolean(options, 'wait', false)
+  const dryRun = optBoolean(options, 'dryRun', false)
+  const trackerOptions = await checkedTrackerOptions(options, cf)
   const originPath = optOriginPath(options, cf)
   const byBucket = keysByBucket(event)
   if (byBucket.size === 0) {
@@ -296,10 +316,10 @@ async function invalidateS3Event (event, options) {
   // CallerReferences, so CloudFront returns what it accepted the first time instead of billing it again.
   const claimName = eventName(event)
   const sends = [...plan].map(async ([id, { paths, buckets }]) => {
-    const tracker = createTracker({ ...trackerOptions, cf: { ...cf, dist: id }, store: 'memory://', logger, _claimName: claimName })
+    const tracker = createTracker({ ...trackerOptions, cf: { ...knownOnly(cf, 'options.cf'), dist: id }, store: 'memory://', logger, _claimName: claimName })
     for (const p of paths) tracker.storeUrl(p)
     try {
-      const report = await tracker.sendInvalidation({ wait })
+      const report = await tracker.sendInvalidation({ wait, dryRun })
       return { ...report, distribution: id, buckets }
     } catch (err) {
       if (err.report) err.report = { ...err.report, distribution: id, buckets }
