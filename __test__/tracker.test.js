@@ -44,7 +44,7 @@ describe('options', () => {
       'cf-invalidation-tracker: unknown option options.batchsize ignored (did you mean batchSize?)',
       'cf-invalidation-tracker: unknown option options.dryRun ignored',
       'cf-invalidation-tracker: unknown option options.cf.acess_key ignored',
-      'cf-invalidation-tracker: unknown option options.redis.database ignored',
+      'cf-invalidation-tracker: unknown option options.redis.database ignored (did you mean db?)',
       'cf-invalidation-tracker: unknown option options.redis.Prefix ignored (did you mean prefix?)',
       'cf-invalidation-tracker: unknown option options.redis.tls.servername ignored',
       'cf-invalidation-tracker: unknown option options.redis.sentinel.DB ignored (did you mean db?)'

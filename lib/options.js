@@ -73,7 +73,7 @@ function knownOnly (object, where) {
 
 // Names other clients give an option, by the (squashed) name, with the one the tracker takes.
 const OTHER_NAMES = { database: 'db', dbnumber: 'db', pass: 'password', user: 'username', distribution: 'dist',
-  distributionid: 'dist', dryrun: 'dryRun' }
+  distributionid: 'dist' }
 
 function unknownOptions (object, where, known = KNOWN_OPTIONS[where]) {
   const squash = (name) => name.toLowerCase().replace(/[_-]/g, '')
