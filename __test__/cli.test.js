@@ -51,6 +51,9 @@ describe('cli without services', () => {
     assertFails(await run(['send'], { REDIS_URL: 'redis://127.0.0.1:1' }), 2, /CF_DIST/)
     assertFails(await run(['send'], { CF_DIST: 'E1' }), 2, /REDIS_URL/)
     assertFails(await run(['list', '--wait'], { REDIS_URL: 'redis://127.0.0.1:1' }), 2, /--wait is not an option of list/)
+    // A value starting with a dash: how to give it.
+    assertFails(await run(['track', '/a', '--ttl', '-1'], { REDIS_URL: 'redis://127.0.0.1:1' }), 2, /--ttl=-XYZ/)
+    assertFails(await run(['track', '/a', '--ttl=-1'], { REDIS_URL: 'redis://127.0.0.1:1' }), 2, /--ttl must be a number of seconds, got "-1"/)
     assertFails(await run(['status'], { CF_DIST: 'E1' }), 2, /status <id>/)
     assertFails(await run(['track'], { REDIS_URL: 'redis://127.0.0.1:1' }), 2, /track <url\.\.\.>/)
     assertFails(await run(['send', '--batch-size', '5000'], { CF_DIST: 'E1', REDIS_URL: 'redis://x:1' }), 2, /--batch-size/)

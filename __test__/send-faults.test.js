@@ -414,6 +414,10 @@ describe('failures part-way', () => {
     assert.deepEqual(report.rejected, ['/item/00013'])
     assert.deepEqual([...cf.pathsReceived(DIST)].sort(), urls.filter((u) => u !== '/item/00013'))
     assert.equal(report.paths, 39)
+    // Each batch lists the paths its invalidations hold, as CloudFront has them.
+    const held = cf.invalidations(DIST).flatMap((i) => i.paths)
+    assert.deepEqual(report.batches.flatMap((b) => b.paths).sort(), [...held].sort())
+    assert.deepEqual(report.batches.map((b) => b.status), ['InProgress', 'InProgress'])
     assert.equal((await tracker.sendInvalidation({ dryRun: true })).billedThisMonth, 39, 'the refused path is not billed')
     assert.deepEqual(await tracker.listUrls(), [], 'the refused path does not block later sends')
     const refs = cf.invalidations(DIST).map((i) => i.callerReference)
@@ -426,6 +430,7 @@ describe('failures part-way', () => {
     cf.refusePaths((p) => p === '/bad')
     const report = await tracker.sendInvalidation()
     assert.deepEqual(report.rejected, ['/bad'])
+    assert.deepEqual(report.batches.map((b) => [b.status, b.paths]), [['Rejected', []]])
     await tracker.storeUrl('/good')
     await tracker.sendInvalidation()
     assert.deepEqual(cf.pathsReceived(DIST), ['/good'])

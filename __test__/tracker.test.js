@@ -64,6 +64,7 @@ describe('options', () => {
       [{ cf: 'x', redis: true }, TypeError, 'ERR_INVALID_ARG_TYPE'],
       [{ cf, redis: 42 }, TypeError, 'ERR_INVALID_ARG_TYPE'],
       [{ cf, redis: { url: 'http://x' } }, RangeError, 'ERR_INVALID_ARG_VALUE'],
+      [{ cf, redis: 'localhost:6379' }, RangeError, 'ERR_INVALID_ARG_VALUE'],
       [{ cf, redis: { port: true } }, TypeError, 'ERR_INVALID_ARG_TYPE'],
       [{ cf, redis: { port: '63 79' } }, TypeError, 'ERR_INVALID_ARG_TYPE'],
       [{ cf, redis: { port: 70000 } }, RangeError, 'ERR_INVALID_ARG_VALUE'],

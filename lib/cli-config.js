@@ -223,7 +223,11 @@ function parseCli (argv, env) {
   try {
     parsed = parseArgs({ args: argv, options: OPTIONS, allowPositionals: true, strict: true })
   } catch (err) {
-    throw new UsageError(`${err.message.split('\n')[0].replace(/\. To specify a positional argument.*$/, '')} (see --help)`)
+    // Node's first line says what is wrong; of its hints, the one for a value that starts with a dash (`--ttl=-1`).
+    const lines = err.message.split('\n')
+    const dash = lines.find((line) => line.startsWith('To specify an option argument starting with a dash'))
+    const reason = lines[0].replace(/\. To specify a positional argument.*$/, '')
+    throw new UsageError(`${reason}${dash ? ` ${dash}` : ''} (see --help)`)
   }
   const { values, positionals } = parsed
   if (values.help) return { help: HELP }

@@ -111,7 +111,10 @@ function parseCf (cf) {
  */
 function redisUrl (redis, env) {
   if (redis === true) return env.REDIS_URL || 'redis://127.0.0.1:6379'
-  if (typeof redis === 'string') return redis
+  if (typeof redis === 'string') {
+    if (!/^rediss?:\/\//.test(redis)) throw argValue('options.redis', 'must be a redis:// or rediss:// URL', redis)
+    return redis
+  }
   if (!isObject(redis)) throw argType('options.redis', 'an object, a URL string or true', redis)
   optString(redis, 'password', 'options.redis')
   optString(redis, 'username', 'options.redis')

@@ -619,6 +619,8 @@ impl Sender<'_> {
                 resumed,
                 ..BatchReport::default()
             };
+            // The paths of the batch that its invalidations hold, when CloudFront refused some.
+            let mut held: Option<Vec<String>> = None;
             if failure.is_none() {
                 self.log.info(&format!(
                     "Sending invalidation to CloudFront... ({} paths)",
@@ -654,6 +656,18 @@ impl Sender<'_> {
                             self.log.info("Success! 201");
                         }
                         report.resumed += usize::from(resumed);
+                        // The batch lists what its invalidations hold; the report, what CloudFront refused.
+                        if !rejected.is_empty() {
+                            let refused: HashSet<&String> = rejected.iter().collect();
+                            held = Some(
+                                batch
+                                    .paths
+                                    .iter()
+                                    .filter(|p| !refused.contains(p))
+                                    .cloned()
+                                    .collect(),
+                            );
+                        }
                         report.rejected.extend(rejected);
                     }
                     BatchOutcome::Kept(e, parts) => {
@@ -670,7 +684,7 @@ impl Sender<'_> {
                 });
                 report.kept += batch.covered().len();
             }
-            entry.paths = batch.paths;
+            entry.paths = held.unwrap_or(batch.paths);
             report.batches.push(entry);
         }
         // Under the lock, so that no renewal comes after; out of the held ones once done, so that a store failure
