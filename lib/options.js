@@ -62,10 +62,6 @@ const KNOWN_OPTIONS = {
   'options.redis.sentinel': ['name', 'nodes', 'db']
 }
 
-/**
- * Warnings for the names in `object` that `where` does not take (`known`, or those listed for it), each with the
- * known name it most likely meant.
- */
 /** A copy of `object` with only the names `where` takes. */
 function knownOnly (object, where) {
   return Object.fromEntries(Object.entries(object).filter(([k]) => KNOWN_OPTIONS[where].includes(k)))
@@ -75,6 +71,10 @@ function knownOnly (object, where) {
 const OTHER_NAMES = { database: 'db', dbnumber: 'db', pass: 'password', user: 'username', distribution: 'dist',
   distributionid: 'dist' }
 
+/**
+ * Warnings for the names in `object` that `where` does not take (`known`, or those listed for it), each with the
+ * known name it most likely meant.
+ */
 function unknownOptions (object, where, known = KNOWN_OPTIONS[where]) {
   const squash = (name) => name.toLowerCase().replace(/[_-]/g, '')
   return Object.keys(object).filter((k) => !known.includes(k)).map((k) => {
