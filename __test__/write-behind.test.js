@@ -345,6 +345,18 @@ describe('a URL already in Redis is not written again, unless it may have left',
     await invl.disconnect()
   })
 
+  it('after the set of URLs was evicted, a new URL written first does not make the known ones pass for written', async () => {
+    const invl = env.tracker()
+    await storeAll(invl)
+    await raw.command('DEL', '{cfit}:urls')
+    // A write of new URLs only (nothing to skip, so nothing checked) recreates the set: the known ones are not in it.
+    await invl.storeUrl('/new-after-eviction')
+    await invl.flush()
+    await storeAll(invl)
+    assert.deepEqual((await inRedis()).map(([u]) => u), [...urls, '/new-after-eviction'].sort())
+    await invl.disconnect()
+  })
+
   it('past maxTrackedUrls, URLs stored again are covered again', async () => {
     const invl = env.tracker({ maxTrackedUrls: 100 })
     await storeAll(invl)

@@ -506,7 +506,8 @@ impl Keys {
 // that saw generation G and finds it unchanged knows that every URL it stored since G is still tracked, so it need
 // not send them again. With an expected generation that is not the current one, or when the set is gone though the
 // generation is not (evicted by a maxmemory policy, or deleted by hand), nothing is written and the answer is
-// {generation, 1}: the writer sends everything again. Otherwise each path is tracked (or its expiry updated) while
+// {generation, 1}: the writer sends everything again. A write that recreates the set starts a new generation, whether
+// it checked one or not, so that no writer takes the URLs the set lost for tracked. Otherwise each path is tracked (or its expiry updated) while
 // fewer than `max` are tracked, in a few variadic ZADDs when all fit, and the answer is {generation, 0, paths that did
 // not fit…}.
 // The generation a writer sees is the counter and this server's replication id: a replica promoted to master (a
@@ -517,13 +518,15 @@ static PUT: LazyLock<Script> = LazyLock::new(|| {
         r#"
 local now, max = ARGV[1], tonumber(ARGV[2])
 local gen = redis.call('GET', KEYS[2])
-if not gen then gen = ARGV[4]; redis.call('SET', KEYS[2], gen) end
+local started = not gen
+if started then gen = ARGV[4]; redis.call('SET', KEYS[2], gen) end
 local info = redis.pcall('INFO', 'replication')
 local replid = type(info) == 'string' and string.match(info, 'master_replid:(%w+)') or ''
 local function id(g) return g .. '@' .. replid end
 if ARGV[3] ~= '' and ARGV[3] ~= id(gen) then return {id(gen), 1} end
-if ARGV[3] ~= '' and redis.call('EXISTS', KEYS[1]) == 0 then
-  return {id(tostring(redis.call('INCR', KEYS[2]))), 1}
+if not started and redis.call('EXISTS', KEYS[1]) == 0 then
+  gen = tostring(redis.call('INCR', KEYS[2]))
+  if ARGV[3] ~= '' then return {id(gen), 1} end
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 if ARGV[5] == '1' then
