@@ -278,15 +278,25 @@ impl JsStore {
             .await
     }
 
-    /// Forgets what `claim` sent, in a store without `del`: the only way is `clearAll`, so every other path it holds
-    /// (those other claims hold, those stored since the claim was made, those stored again since) is set again after
-    /// it, and so is every path stored while it clears. When setting them again fails, they stay tracked in this
-    /// process as a claim of their own, for the next send. What they lose is their TTL: a store without `del` cannot
-    /// say it.
-    async fn clear_sent(&self, claim: JsClaim) -> Result<()> {
+    /// Forgets what claim `claim_id` sent, in a store without `del`: the only way is `clearAll`, so every other path it
+    /// holds (those other claims hold, those stored since the claim was made, those stored again since) is set again
+    /// after it, and so is every path stored while it clears. What they lose is their TTL: a store without `del` cannot
+    /// say it. The claim goes once the store is cleared: should reading or clearing the store fail, it stays, and the
+    /// next send resumes it (every batch done) and clears again, rather than take what it sent for new URLs. When
+    /// clearing failed (it may have cleared all the same, or may yet, if it timed out) or setting the others again
+    /// failed, they stay tracked in this process as a claim of their own, for the next send.
+    async fn clear_sent(&self, claim_id: &str) -> Result<()> {
         let sent: HashSet<String> = {
             let mut state = self.lock();
-            let others: HashSet<&String> = state.claims.values().flat_map(|c| &c.urls).collect();
+            let Some(claim) = state.claims.get(claim_id) else {
+                return Ok(());
+            };
+            let others: HashSet<&String> = state
+                .claims
+                .iter()
+                .filter(|(id, _)| id.as_str() != claim_id)
+                .flat_map(|(_, c)| &c.urls)
+                .collect();
             // Its URLs the send left out of its plan were covered by an older claim of the same send.
             let sent = claim
                 .plan
@@ -300,20 +310,34 @@ impl JsStore {
             state.clearing = Some(HashSet::new());
             sent
         };
-        let cleared = async {
-            let held = self.all_keys().await?;
-            self.call("clearAll", None, None).await?;
-            Ok::<_, Error>(held)
-        }
-        .await;
-        let stored_meanwhile = self.lock().clearing.take().unwrap_or_default();
-        let mut keep: BTreeSet<String> =
-            cleared?.into_iter().filter(|u| !sent.contains(u)).collect();
-        keep.extend(stored_meanwhile);
-        let sets = keep.iter().map(|u| (key_of(u), Some(1.0))).collect();
-        if let Err(e) = self.call_each("set", sets).await {
+        let held = match self.all_keys().await {
+            Ok(held) => held,
+            Err(e) => {
+                self.lock().clearing = None;
+                return Err(e);
+            }
+        };
+        let cleared = self.call("clearAll", None, None).await;
+        let mut keep: BTreeSet<String> = held.into_iter().filter(|u| !sent.contains(u)).collect();
+        {
             let mut state = self.lock();
-            state.claims.insert(
+            keep.extend(state.clearing.take().unwrap_or_default());
+            if cleared.is_ok() {
+                state.claims.remove(claim_id);
+            }
+        }
+        let kept = match cleared {
+            Ok(_) => {
+                let sets = keep.iter().map(|u| (key_of(u), Some(1.0))).collect();
+                self.call_each("set", sets).await
+            }
+            Err(e) => Err(e),
+        };
+        if let Err(e) = kept {
+            if keep.is_empty() {
+                return Err(e);
+            }
+            self.lock().claims.insert(
                 new_claim_id(),
                 JsClaim {
                     urls: keep.into_iter().collect(),
@@ -481,13 +505,24 @@ impl Store for JsStore {
     }
 
     async fn list(&self) -> Result<Listing> {
-        let mut urls: BTreeSet<String> = self.all_keys().await?.into_iter().collect();
+        let keys = self.all_keys().await?;
         let state = self.lock();
+        // What CloudFront took already, of each claim, and was not stored again since: in a store without `del` until
+        // it is cleared, and in the claim until then.
+        let mut sent: HashSet<&String> = HashSet::new();
+        let mut urls = BTreeSet::new();
         let mut overflow = state.overflow.clone();
         for c in state.claims.values() {
-            urls.extend(c.urls.iter().cloned());
+            let done: HashSet<&String> = (c.plan.iter().flatten().enumerate())
+                .filter(|(i, _)| c.done.contains(i))
+                .flat_map(|(_, b)| b.covered())
+                .filter(|u| !c.again.contains(*u))
+                .collect();
+            urls.extend(c.urls.iter().filter(|u| !done.contains(u)).cloned());
             overflow.extend(c.overflow.iter().cloned());
+            sent.extend(done);
         }
+        urls.extend(keys.into_iter().filter(|u| !sent.contains(u)));
         Ok(Listing {
             urls: urls.into_iter().collect(),
             overflow: overflow.into_iter().collect(),
@@ -641,13 +676,11 @@ impl Store for JsStore {
     }
 
     async fn finish(&self, claim_id: &str) -> Result<()> {
-        let Some(claim) = self.lock().claims.remove(claim_id) else {
+        if self.has("del") {
+            self.lock().claims.remove(claim_id);
             return Ok(());
-        };
-        if !self.has("del") {
-            self.clear_sent(claim).await?;
         }
-        Ok(())
+        self.clear_sent(claim_id).await
     }
 
     async fn billed_this_month(&self) -> Result<u64> {
