@@ -223,42 +223,45 @@ describe('custom stores and the send protocol', () => {
     }
   })
 
-  it('without del, reading the store failing once every batch went through bills nothing again; the next send clears it', async () => {
+  /** Runs `fn(cf, received)` against a fault-injecting CloudFront serving distribution EJS, stopped after. */
+  async function withCloudFront (fn) {
     const cf = await startFakeCloudFront({ distributions: ['EJS'] })
     try {
+      await fn(cf, () => [...cf.pathsReceived('EJS')].sort())
+    } finally {
+      await cf.stop()
+    }
+  }
+
+  /** A store without `del` over `keys`, with `getAllKeys` and `clearAll` as given. */
+  const withoutDelOver = (keys, methods) => ({ set (k) { keys.add(k) }, getAllKeys () { return [...keys] }, clearAll () { keys.clear() }, ...methods })
+
+  it('without del, reading the store failing once every batch went through bills nothing again; the next send clears it', async () => {
+    await withCloudFront(async (cf, received) => {
       const keys = new Set()
       let failReads = 0
-      const store = {
-        set (k) { keys.add(k) },
-        getAllKeys () { if (failReads > 0 && --failReads === 0) throw new Error('store blip'); return [...keys] },
-        clearAll () { keys.clear() }
-      }
+      const store = withoutDelOver(keys, {
+        getAllKeys () { if (failReads > 0 && --failReads === 0) throw new Error('store blip'); return [...keys] }
+      })
       const invl = createTracker({ cf: { dist: 'EJS', endpoint: cf.endpoint }, store, logger: false })
       await invl.storeUrl('/a')
       await invl.storeUrl('/b')
       failReads = 2 // the claim reads the keys; the read before clearAll fails
       await assert.rejects(invl.sendInvalidation(), { code: 'ERR_CFIT_STORE' })
-      assert.deepEqual([...cf.pathsReceived('EJS')].sort(), ['/a', '/b'])
+      assert.deepEqual(received(), ['/a', '/b'])
       await invl.storeUrl('/c')
       const report = await invl.sendInvalidation()
-      assert.deepEqual([...cf.pathsReceived('EJS')].sort(), ['/a', '/b', '/c'], 'nothing sent twice')
+      assert.deepEqual(received(), ['/a', '/b', '/c'], 'nothing sent twice')
       assert.equal(report.paths, 1)
       assert.deepEqual([...keys], [])
-    } finally {
-      await cf.stop()
-    }
+    })
   })
 
   it('without del, a clearAll that times out (and clears later) loses none of the URLs the send did not take', async () => {
-    const cf = await startFakeCloudFront({ distributions: ['EJS'] })
-    try {
+    await withCloudFront(async (cf, received) => {
       const keys = new Set()
       let slowClear = true
-      const store = {
-        set (k) { keys.add(k) },
-        getAllKeys () { return [...keys] },
-        async clearAll () { if (slowClear) await sleep(300); keys.clear() }
-      }
+      const store = withoutDelOver(keys, { async clearAll () { if (slowClear) await sleep(300); keys.clear() } })
       const invl = createTracker({ cf: { dist: 'EJS', endpoint: cf.endpoint }, store, storeTimeoutMs: 100, logger: false })
       await invl.storeUrl('/a')
       cf.fail('slow', { delayMs: 100 })
@@ -270,11 +273,9 @@ describe('custom stores and the send protocol', () => {
       slowClear = false
       assert.deepEqual(await invl.listUrls(), ['/b'])
       await invl.sendInvalidation()
-      assert.deepEqual([...cf.pathsReceived('EJS')].sort(), ['/a', '/b'], 'each sent once')
+      assert.deepEqual(received(), ['/a', '/b'], 'each sent once')
       assert.deepEqual(await invl.listUrls(), [])
-    } finally {
-      await cf.stop()
-    }
+    })
   })
 
   it('two trackers given one store object send each URL once between them, and resume each other\'s failed send', async () => {
