@@ -75,6 +75,26 @@ describe('a store written for the original package', () => {
     assert.equal(store.keys.size, 0)
   })
 
+  it('an async method that also takes a callback answers through whichever answers: async getAllKeys (cb)', async () => {
+    const keys = new Set()
+    const store = {
+      async isConnected (cb) { await null; cb(null, true) },
+      connect () { throw new Error('connected already') },
+      async set (k, v, cb) { await null; keys.add(k); cb() },
+      async getAllKeys (cb) { await null; cb(null, [...keys]) }, // its promise answers nothing
+      async del (k) { keys.delete(k) }, // a promise, no callback
+      clearAll (cb) { keys.clear(); cb() }
+    }
+    const dist = await env.newDistribution()
+    const invl = env.tracker({ cf: { dist }, store })
+    await invl.storeUrl('/a')
+    assert.deepEqual(await invl.listUrls(), ['/a'])
+    const report = await invl.sendInvalidation()
+    assert.equal(report.paths, 1)
+    assert.deepEqual(await env.received(dist), ['/a'])
+    assert.deepEqual([...keys], [])
+  })
+
   it('URLs stored while a send runs survive it', async () => {
     const store = new PromiseStore()
     const original = store.getAllKeys.bind(store)

@@ -44,9 +44,14 @@ function failure (reason) {
   return new Error(`it threw or rejected with ${what}`)
 }
 
+// The methods whose answer is a value (the others answer nothing).
+const ANSWERING = new Set(['getAllKeys', 'isConnected'])
+
 /**
  * Calls `store[method](...args)` with `this` bound to the store, whatever its style: a returned value or thenable,
- * or a node-style callback when the function declares one more parameter than `args`.
+ * or a node-style callback when the function declares one more parameter than `args`. A function that does both (an
+ * `async getAllKeys (cb)` calling `cb`) answers through whichever comes first with an answer: its callback, or its
+ * promise settling with a value (or rejecting); a promise of nothing does not answer a method whose answer is a value.
  */
 function invoke (store, method, args) {
   const fn = store[method]
@@ -68,8 +73,16 @@ function invoke (store, method, args) {
       return
     }
     if (result && typeof result.then === 'function') {
-      settled = true
-      result.then(resolve, fail)
+      result.then((value) => {
+        if (settled) return
+        if (usesCallback && value === undefined && ANSWERING.has(method)) return // its callback answers
+        settled = true
+        resolve(value)
+      }, (err) => {
+        if (settled) return
+        settled = true
+        fail(err)
+      })
     } else if (!usesCallback) {
       settled = true
       resolve(result)
