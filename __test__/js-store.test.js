@@ -298,6 +298,31 @@ describe('custom stores and the send protocol', () => {
     })
   })
 
+  it('a URL served again after its resumed batch was made before is not lost when a later batch of that claim fails', async () => {
+    await withCloudFront(async (cf, received) => {
+      const store = new SyncStore()
+      let failDel = true
+      const del = store.del
+      store.del = function (key) { if (failDel) throw new Error('del down'); return del.call(this, key) }
+      const invl = createTracker({ cf: { dist: 'EJS', endpoint: cf.endpoint }, store, batchSize: 1, logger: false })
+      await invl.storeUrl('/u')
+      await invl.storeUrl('/w')
+      // CloudFront makes /u's invalidation; forgetting it fails: the send stops, its claim kept with its plan.
+      await assert.rejects(invl.sendInvalidation(), { code: 'ERR_CFIT_STORE' })
+      assert.deepEqual(received(), ['/u'])
+      await sleep(1100) // the next send begins in a later second than that invalidation was made
+      failDel = false
+      await invl.storeUrl('/u') // served (and cached) again after it was invalidated
+      // /u's batch gets the earlier invalidation back (made before), so /u goes in the new claim; /w's is refused.
+      cf.fail('accessDenied', { after: 1 })
+      await assert.rejects(invl.sendInvalidation(), { code: 'ERR_CFIT_CLOUDFRONT' })
+      assert.deepEqual(await invl.listUrls(), ['/u', '/w'])
+      await invl.sendInvalidation()
+      assert.deepEqual(received(), ['/u', '/u', '/w'], '/u, served again after its invalidation, is invalidated again')
+      assert.deepEqual(await invl.listUrls(), [])
+    })
+  })
+
   it('two trackers given one store object send each URL once between them, and resume each other\'s failed send', async () => {
     const cf = await startFakeCloudFront({ distributions: ['EJS'] })
     try {

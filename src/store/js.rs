@@ -659,17 +659,35 @@ impl Store for JsStore {
         if planned {
             return self.release(claim_id).await;
         }
-        let mut state = self.lock();
         // The store still holds the claim's URLs: once the claim is gone, the next claim takes them again, those it
         // took of older claims stored again included.
-        if let Some(c) = state.claims.remove(claim_id) {
+        let took: Vec<String> = {
+            let mut state = self.lock();
+            let Some(c) = state.claims.remove(claim_id) else {
+                return Ok(());
+            };
             for w in &c.overflow {
                 add_overflow(&mut state.overflow, w);
             }
+            let mut took = Vec::new();
             for (older, urls) in c.took {
+                took.extend(urls.iter().cloned());
                 if let Some(o) = state.claims.get_mut(&older) {
                     o.again.extend(urls);
                 }
+            }
+            took
+        };
+        // Those an older claim's accepted batch covered were deleted with it, as this claim had them: set again.
+        if self.has("del") && !took.is_empty() {
+            let sets = took.iter().map(|u| (key_of(u), Some(1.0))).collect();
+            if let Err(e) = self.call_each("set", sets).await {
+                let claim = JsClaim {
+                    urls: took.into_iter().collect(),
+                    ..JsClaim::default()
+                };
+                self.lock().claims.insert(new_claim_id(), claim);
+                return Err(e);
             }
         }
         Ok(())
