@@ -383,6 +383,26 @@ describe('failures part-way', () => {
     assert.deepEqual(await a.listUrls(), [])
   })
 
+  for (const kind of ['redis', 'memory']) {
+    it(`setUrlTTL(url, 0) during a send that gives back its claim of that URL still keeps it until sent (${kind})`, async () => {
+      const opts = kind === 'redis' ? options() : { ...options(), redis: undefined, store: 'memory://' }
+      const tracker = createTracker(opts)
+      await tracker.storeUrl('/a')
+      cf.fail('accessDenied')
+      await assert.rejects(tracker.sendInvalidation(), { code: 'ERR_CFIT_CLOUDFRONT' }) // /a kept, planned
+      await tracker.storeUrl('/u', 2) // tracked for 2 s
+      cf.fail('accessDenied', { delayMs: 300 }) // CloudFront refuses /a's resumed batch again, slowly
+      const sending = tracker.sendInvalidation() // claims /u too; gives that claim back untried when /a fails
+      for (let i = 0; i < 200 && cf.requests.filter((r) => r.op === 'CreateInvalidation').length < 2; i++) await sleep(5)
+      await tracker.setUrlTTL('/u', 0) // keep /u until it is sent
+      await assert.rejects(sending, { code: 'ERR_CFIT_CLOUDFRONT' })
+      await sleep(2500) // its old TTL passes
+      assert.deepEqual(await tracker.listUrls(), ['/a', '/u'])
+      await tracker.sendInvalidation()
+      assert.deepEqual([...cf.pathsReceived(DIST)].sort(), ['/a', '/u'])
+    })
+  }
+
   for (const kind of ['redis', 'memory', 'custom']) {
     it(`while CloudFront keeps refusing, failed sends leave one claim behind, not one each (${kind})`, async () => {
       const stores = { redis: undefined, memory: 'memory://', custom: new SyncStore() }

@@ -114,8 +114,15 @@ impl Store for MemoryStore {
     }
 
     async fn set_expiry(&self, path: &str, expires_at: Option<u64>) -> Result<()> {
-        if let Some(exp) = self.lock().urls.get_mut(path) {
+        let mut state = self.lock();
+        if let Some(exp) = state.urls.get_mut(path) {
             *exp = expires_at;
+        }
+        // Also in the claims of sends under way: a claim given back keeps it.
+        for claim in state.claims.values_mut() {
+            if let Some(exp) = claim.urls.get_mut(path) {
+                *exp = expires_at;
+            }
         }
         Ok(())
     }

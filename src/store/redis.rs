@@ -572,16 +572,29 @@ return removed
     )
 });
 
-// KEYS: urls, gen. ARGV: score, path. Changes the expiry of a tracked path; a new generation when it changed.
+// KEYS: urls, gen, claims, then the URLs of each claim. ARGV: score, path, '1' to check the claims, then their ids.
+// Changes the expiry of a tracked path, also in the claims of sends under way (a claim given back keeps it); a new
+// generation when it changed. Returns -1, changing nothing, when checked claims are not those given (one was made or
+// dropped meanwhile).
 static SET_EXPIRY: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
+if ARGV[3] == '1' then
+  if redis.call('ZCARD', KEYS[3]) ~= #ARGV - 3 then return -1 end
+  for i = 4, #ARGV do
+    if not redis.call('ZSCORE', KEYS[3], ARGV[i]) then return -1 end
+  end
+end
+for i = 4, #KEYS do redis.call('ZADD', KEYS[i], 'XX', ARGV[1], ARGV[2]) end
 local changed = redis.call('ZADD', KEYS[1], 'XX', 'CH', ARGV[1], ARGV[2])
 if changed > 0 and redis.call('EXISTS', KEYS[2]) == 1 then redis.call('INCR', KEYS[2]) end
 return changed
 "#,
     )
 });
+
+/// Tries of SET_EXPIRY while claims come and go.
+const SET_EXPIRY_TRIES: usize = 5;
 
 // KEYS: overflow. ARGV: most wildcards, then wildcards. Records each, keeping the set bounded ('/*' past the bound).
 static PUT_OVERFLOW: LazyLock<Script> = LazyLock::new(|| {
@@ -1064,13 +1077,25 @@ impl Store for RedisStore {
     async fn set_expiry(&self, path: &str, expires_at: Option<u64>) -> Result<()> {
         self.located(async {
             let mut con = self.conn().await?;
-            SET_EXPIRY
-                .key(&self.keys.urls)
-                .key(&self.keys.gen)
-                .arg(score(expires_at))
-                .arg(path)
-                .invoke_async::<i64>(&mut con)
-                .await?;
+            // Claims are few and short-lived: when one was made or dropped between reading them and the change, it is
+            // tried again; the last try changes the claims read, unchecked.
+            for attempt in 1..=SET_EXPIRY_TRIES {
+                let ids: Vec<String> = con.zrange(&self.keys.claims, 0, -1).await?;
+                let check = if attempt < SET_EXPIRY_TRIES { "1" } else { "0" };
+                let mut inv = SET_EXPIRY.prepare_invoke();
+                inv.key(&self.keys.urls)
+                    .key(&self.keys.gen)
+                    .key(&self.keys.claims)
+                    .arg(score(expires_at))
+                    .arg(path)
+                    .arg(check);
+                for id in &ids {
+                    inv.key(self.keys.claim(id, "urls")).arg(id);
+                }
+                if inv.invoke_async::<i64>(&mut con).await? >= 0 {
+                    break;
+                }
+            }
             Ok(())
         })
         .await
