@@ -392,7 +392,8 @@ impl JsStore {
         }
     }
 
-    /// `urls` parted in two: those of claim `claim_id` stored again since it was made (or last resumed), and the others.
+    /// `urls` parted in two: those of claim `claim_id` stored again since it was made (or last resumed), and the
+    /// others.
     fn split_stored_again(&self, claim_id: &str, urls: &[String]) -> (Vec<String>, Vec<String>) {
         let state = self.lock();
         let again = state.claims.get(claim_id).map(|c| &c.again);

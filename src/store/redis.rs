@@ -507,9 +507,9 @@ impl Keys {
 // not send them again. With an expected generation that is not the current one, or when the set is gone though the
 // generation is not (evicted by a maxmemory policy, or deleted by hand), nothing is written and the answer is
 // {generation, 1}: the writer sends everything again. A write that recreates the set starts a new generation, whether
-// it checked one or not, so that no writer takes the URLs the set lost for tracked. Otherwise each path is tracked (or its expiry updated) while
-// fewer than `max` are tracked, in a few variadic ZADDs when all fit, and the answer is {generation, 0, paths that did
-// not fit…}.
+// it checked one or not, so that no writer takes the URLs the set lost for tracked. Otherwise each path is tracked (or
+// its expiry updated) while fewer than `max` are tracked, in a few variadic ZADDs when all fit, and the answer is
+// {generation, 0, paths that did not fit…}.
 // The generation a writer sees is the counter and this server's replication id: a replica promoted to master (a
 // failover) has a new one, and may lack the last writes the old master acknowledged, so its writers send everything
 // again too. (Where INFO is denied, by an ACL or a managed service, the counter alone.)
