@@ -160,8 +160,9 @@ struct State {
     /// Keys as the store holds them, by the path they mean (a store written for the original package may hold raw
     /// URLs): `del` is called with these.
     raw_keys: HashMap<String, Vec<String>>,
-    /// While a store without `del` is cleared: the paths stored meanwhile, set again after `clearAll`.
-    clearing: Option<HashSet<String>>,
+    /// While a store without `del` is cleared of what a claim sent: the paths stored meanwhile, by claim id, set again
+    /// after its `clearAll` (two sends of one store object may clear at once).
+    clearing: HashMap<String, HashSet<String>>,
 }
 
 /// A JavaScript store object behind the [`Store`] trait.
@@ -307,13 +308,13 @@ impl JsStore {
                 .filter(|u| !claim.again.contains(*u) && !others.contains(u))
                 .cloned()
                 .collect();
-            state.clearing = Some(HashSet::new());
+            state.clearing.insert(claim_id.to_owned(), HashSet::new());
             sent
         };
         let held = match self.all_keys().await {
             Ok(held) => held,
             Err(e) => {
-                self.lock().clearing = None;
+                self.lock().clearing.remove(claim_id);
                 return Err(e);
             }
         };
@@ -321,7 +322,7 @@ impl JsStore {
         let mut keep: BTreeSet<String> = held.into_iter().filter(|u| !sent.contains(u)).collect();
         {
             let mut state = self.lock();
-            keep.extend(state.clearing.take().unwrap_or_default());
+            keep.extend(state.clearing.remove(claim_id).unwrap_or_default());
             if cleared.is_ok() {
                 state.claims.remove(claim_id);
             }
@@ -448,7 +449,7 @@ impl Store for JsStore {
     async fn put(&self, entries: &[Entry], _max_tracked: usize) -> Result<PutOutcome> {
         {
             let mut state = self.lock();
-            if let Some(clearing) = state.clearing.as_mut() {
+            for clearing in state.clearing.values_mut() {
                 clearing.extend(entries.iter().map(|e| e.path.clone()));
             }
             for claim in state.claims.values_mut() {
