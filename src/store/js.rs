@@ -160,9 +160,12 @@ struct State {
     /// Keys as the store holds them, by the path they mean (a store written for the original package may hold raw
     /// URLs): `del` is called with these.
     raw_keys: HashMap<String, Vec<String>>,
-    /// While a store without `del` is cleared of what a claim sent: the paths stored meanwhile, by claim id, set again
-    /// after its `clearAll` (two sends of one store object may clear at once).
-    clearing: HashMap<String, HashSet<String>>,
+    /// While a store without `del` is cleared of what a claim sent: the paths stored meanwhile, set again after
+    /// `clearAll`.
+    clearing: Option<HashSet<String>>,
+    /// Held while a store without `del` is read, cleared and written again: one at a time, as each clear empties the
+    /// store of what another may have just set again (two sends of one store object).
+    clears: Arc<tokio::sync::Mutex<()>>,
 }
 
 /// A JavaScript store object behind the [`Store`] trait.
@@ -287,6 +290,8 @@ impl JsStore {
     /// clearing failed (it may have cleared all the same, or may yet, if it timed out) or setting the others again
     /// failed, they stay tracked in this process as a claim of their own, for the next send.
     async fn clear_sent(&self, claim_id: &str) -> Result<()> {
+        let clears = Arc::clone(&self.lock().clears);
+        let _one_at_a_time = clears.lock().await;
         let sent: HashSet<String> = {
             let mut state = self.lock();
             let Some(claim) = state.claims.get(claim_id) else {
@@ -308,13 +313,13 @@ impl JsStore {
                 .filter(|u| !claim.again.contains(*u) && !others.contains(u))
                 .cloned()
                 .collect();
-            state.clearing.insert(claim_id.to_owned(), HashSet::new());
+            state.clearing = Some(HashSet::new());
             sent
         };
         let held = match self.all_keys().await {
             Ok(held) => held,
             Err(e) => {
-                self.lock().clearing.remove(claim_id);
+                self.lock().clearing = None;
                 return Err(e);
             }
         };
@@ -322,7 +327,7 @@ impl JsStore {
         let mut keep: BTreeSet<String> = held.into_iter().filter(|u| !sent.contains(u)).collect();
         {
             let mut state = self.lock();
-            keep.extend(state.clearing.remove(claim_id).unwrap_or_default());
+            keep.extend(state.clearing.take().unwrap_or_default());
             if cleared.is_ok() {
                 state.claims.remove(claim_id);
             }
@@ -449,7 +454,7 @@ impl Store for JsStore {
     async fn put(&self, entries: &[Entry], _max_tracked: usize) -> Result<PutOutcome> {
         {
             let mut state = self.lock();
-            for clearing in state.clearing.values_mut() {
+            if let Some(clearing) = state.clearing.as_mut() {
                 clearing.extend(entries.iter().map(|e| e.path.clone()));
             }
             for claim in state.claims.values_mut() {
