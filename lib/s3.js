@@ -11,7 +11,11 @@ const { KNOWN_OPTIONS, knownOnly, optBoolean, unknownOptions } = require('./opti
 /** The distribution id the lookup tracker is built with: listing distributions does not use it. */
 const LOOKUP_DIST = 'LOOKUP'
 
-const OPTION_KEYS_NOT_PASSED = new Set(['cf', 'logger', 'wait', 'dryRun', 'store', 'redis', 'originPath', '_claimName'])
+/** The names `invalidateS3Event` takes besides the tracker's. */
+const S3_OPTIONS = ['wait', 'dryRun', 'originPath']
+
+/** Options not passed on to the trackers that send: S3's own, and those the sends set themselves. */
+const OPTION_KEYS_NOT_PASSED = new Set(['cf', 'logger', 'store', 'redis', '_claimName', ...S3_OPTIONS])
 
 function isObject (v) {
   return v !== null && typeof v === 'object' && !Array.isArray(v)
@@ -238,9 +242,6 @@ function keysByBucket (event) {
   }
   return out
 }
-
-/** The names `invalidateS3Event` takes besides the tracker's. */
-const S3_OPTIONS = ['wait', 'dryRun', 'originPath']
 
 /**
  * The tracker options of `invalidateS3Event`'s sends, checked once, before anything is looked up or sent: a bad value

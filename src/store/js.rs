@@ -332,27 +332,37 @@ impl JsStore {
                 state.claims.remove(claim_id);
             }
         }
-        let kept = match cleared {
-            Ok(_) => {
-                let sets = keep.iter().map(|u| (key_of(u), Some(1.0))).collect();
-                self.call_each("set", sets).await
+        match cleared {
+            Ok(_) => self.set_again(keep).await,
+            Err(e) => {
+                self.hold(keep);
+                Err(e)
             }
-            Err(e) => Err(e),
-        };
-        if let Err(e) = kept {
-            if keep.is_empty() {
-                return Err(e);
-            }
-            self.lock().claims.insert(
-                new_claim_id(),
-                JsClaim {
-                    urls: keep.into_iter().collect(),
-                    ..JsClaim::default()
-                },
-            );
-            return Err(e);
         }
-        Ok(())
+    }
+
+    /// Sets `urls` in the store again; when that fails, they stay tracked in this process as a claim of their own, for
+    /// the next send.
+    async fn set_again(&self, urls: impl IntoIterator<Item = String>) -> Result<()> {
+        let urls: Vec<String> = urls.into_iter().collect();
+        let sets = urls.iter().map(|u| (key_of(u), Some(1.0))).collect();
+        let set = self.call_each("set", sets).await;
+        if set.is_err() {
+            self.hold(urls);
+        }
+        set
+    }
+
+    /// Keeps `urls` tracked in this process as a claim of their own, for the next send.
+    fn hold(&self, urls: impl IntoIterator<Item = String>) {
+        let urls: HashSet<String> = urls.into_iter().collect();
+        if !urls.is_empty() {
+            let claim = JsClaim {
+                urls,
+                ..JsClaim::default()
+            };
+            self.lock().claims.insert(new_claim_id(), claim);
+        }
     }
 
     /// Every path the store holds, sorted, remembering under which keys it holds them.
@@ -686,16 +696,8 @@ impl Store for JsStore {
             took
         };
         // Those an older claim's accepted batch covered were deleted with it, as this claim had them: set again.
-        if self.has("del") && !took.is_empty() {
-            let sets = took.iter().map(|u| (key_of(u), Some(1.0))).collect();
-            if let Err(e) = self.call_each("set", sets).await {
-                let claim = JsClaim {
-                    urls: took.into_iter().collect(),
-                    ..JsClaim::default()
-                };
-                self.lock().claims.insert(new_claim_id(), claim);
-                return Err(e);
-            }
+        if self.has("del") {
+            self.set_again(took).await?;
         }
         Ok(())
     }
