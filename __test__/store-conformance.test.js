@@ -74,6 +74,16 @@ for (const [kind, storeOptions] of Object.entries(kinds)) {
       assert.deepEqual(await tracker.listUrls(), [])
     })
 
+    it('setUrlTTL of thousands of URLs at once changes each one, and no other', async () => {
+      const { tracker } = await fresh()
+      const urls = Array.from({ length: 2100 }, (_, i) => `/ttl/${i}`)
+      await Promise.all([...urls, '/kept'].map((u) => tracker.storeUrl(u)))
+      await Promise.all(urls.map((u) => tracker.setUrlTTL(u, 1)))
+      assert.equal((await tracker.listUrls()).length, 2101)
+      await sleep(1300)
+      assert.deepEqual(await tracker.listUrls(), ['/kept'])
+    })
+
     it('an empty store sends nothing', async () => {
       const { tracker, dist } = await fresh()
       const report = await tracker.sendInvalidation()

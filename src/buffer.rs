@@ -343,14 +343,18 @@ impl WriteBuffer {
             .into_iter()
             .map(|(path, expires_at)| Entry { path, expires_at })
             .collect();
+        let expiries: Vec<Entry> = expiries
+            .into_iter()
+            .map(|(path, expires_at)| Entry { path, expires_at })
+            .collect();
         let overflow: Vec<String> = overflow.into_iter().collect();
         // A URL is in one of these only: the order among them does not matter.
         let result = async {
             if !removals.is_empty() {
                 store.remove(&removals).await?;
             }
-            for (path, expires_at) in &expiries {
-                store.set_expiry(path, *expires_at).await?;
+            if !expiries.is_empty() {
+                store.set_expiries(&expiries).await?;
             }
             let mut outcome = PutOutcome::default();
             if !batch.is_empty() {
@@ -396,7 +400,7 @@ impl WriteBuffer {
                         p.add_removal(Cow::Owned(path), self.capacity);
                     }
                 }
-                for (path, expires_at) in expiries {
+                for Entry { path, expires_at } in expiries {
                     if !p.has_call(&path) {
                         p.expiries.insert(path, expires_at);
                     }
@@ -540,9 +544,9 @@ mod tests {
             self.write().await?;
             self.inner.put_overflow(wildcards).await
         }
-        async fn set_expiry(&self, path: &str, expires_at: Option<u64>) -> Result<()> {
+        async fn set_expiries(&self, changes: &[Entry]) -> Result<()> {
             self.write().await?;
-            self.inner.set_expiry(path, expires_at).await
+            self.inner.set_expiries(changes).await
         }
         async fn remove(&self, paths: &[String]) -> Result<()> {
             self.write().await?;

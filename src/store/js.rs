@@ -498,18 +498,20 @@ impl Store for JsStore {
         Ok(())
     }
 
-    async fn set_expiry(&self, path: &str, expires_at: Option<u64>) -> Result<()> {
-        match expires_at {
-            Some(at) if self.has("setTTL") => {
-                self.call("setTTL", Some(key_of(path)), Some(ttl_secs(at)))
-                    .await?;
+    async fn set_expiries(&self, changes: &[Entry]) -> Result<()> {
+        for Entry { path, expires_at } in changes {
+            match *expires_at {
+                Some(at) if self.has("setTTL") => {
+                    self.call("setTTL", Some(key_of(path)), Some(ttl_secs(at)))
+                        .await?;
+                }
+                // No expiry: stores of the original kind clear a TTL by setting the key again (a TTL of 0 would
+                // delete it, as Redis's EXPIRE does).
+                None => {
+                    self.call("set", Some(key_of(path)), Some(1.0)).await?;
+                }
+                Some(_) => {}
             }
-            // No expiry: stores of the original kind clear a TTL by setting the key again (a TTL of 0 would delete
-            // it, as Redis's EXPIRE does).
-            None => {
-                self.call("set", Some(key_of(path)), Some(1.0)).await?;
-            }
-            Some(_) => {}
         }
         Ok(())
     }

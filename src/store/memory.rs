@@ -113,15 +113,17 @@ impl Store for MemoryStore {
         Ok(())
     }
 
-    async fn set_expiry(&self, path: &str, expires_at: Option<u64>) -> Result<()> {
+    async fn set_expiries(&self, changes: &[Entry]) -> Result<()> {
         let mut state = self.lock();
-        if let Some(exp) = state.urls.get_mut(path) {
-            *exp = expires_at;
-        }
-        // Also in the claims of sends under way: a claim given back keeps it.
-        for claim in state.claims.values_mut() {
-            if let Some(exp) = claim.urls.get_mut(path) {
-                *exp = expires_at;
+        for Entry { path, expires_at } in changes {
+            if let Some(exp) = state.urls.get_mut(path) {
+                *exp = *expires_at;
+            }
+            // Also in the claims of sends under way: a claim given back keeps it.
+            for claim in state.claims.values_mut() {
+                if let Some(exp) = claim.urls.get_mut(path) {
+                    *exp = *expires_at;
+                }
             }
         }
         Ok(())

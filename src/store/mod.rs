@@ -104,8 +104,8 @@ pub trait Store: Send + Sync + 'static {
     /// Record flood-guard wildcards directly (used when the in-process buffer itself overflows).
     async fn put_overflow(&self, wildcards: &[String]) -> Result<()>;
 
-    /// Change the expiry of a tracked URL; does nothing when the URL is not tracked.
-    async fn set_expiry(&self, path: &str, expires_at: Option<u64>) -> Result<()>;
+    /// Change the expiry of each of these URLs that is tracked (to `expires_at`); an untracked one is left alone.
+    async fn set_expiries(&self, changes: &[Entry]) -> Result<()>;
 
     /// Stop tracking these URLs.
     async fn remove(&self, paths: &[String]) -> Result<()>;

@@ -572,28 +572,32 @@ return removed
     )
 });
 
-// KEYS: urls, gen, claims, then the URLs of each claim. ARGV: score, path, '1' to check the claims, then their ids.
-// Changes the expiry of a tracked path, also in the claims of sends under way (a claim given back keeps it); a new
-// generation when it changed. Returns -1, changing nothing, when checked claims are not those given (one was made or
-// dropped meanwhile).
-static SET_EXPIRY: LazyLock<Script> = LazyLock::new(|| {
+// KEYS: urls, gen, claims, then the URLs of each claim. ARGV: '1' to check the claims, their ids, then score and path
+// of each change. Changes the expiry of each tracked path, also in the claims of sends under way (a claim given back
+// keeps it); a new generation when one changed. Returns -1, changing nothing, when checked claims are not those given
+// (one was made or dropped meanwhile).
+static SET_EXPIRIES: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-if ARGV[3] == '1' then
-  if redis.call('ZCARD', KEYS[3]) ~= #ARGV - 3 then return -1 end
-  for i = 4, #ARGV do
+local claims = #KEYS - 3
+if ARGV[1] == '1' then
+  if redis.call('ZCARD', KEYS[3]) ~= claims then return -1 end
+  for i = 2, claims + 1 do
     if not redis.call('ZSCORE', KEYS[3], ARGV[i]) then return -1 end
   end
 end
-for i = 4, #KEYS do redis.call('ZADD', KEYS[i], 'XX', ARGV[1], ARGV[2]) end
-local changed = redis.call('ZADD', KEYS[1], 'XX', 'CH', ARGV[1], ARGV[2])
+local changed = 0
+for j = claims + 2, #ARGV, 2 do
+  for i = 4, #KEYS do redis.call('ZADD', KEYS[i], 'XX', ARGV[j], ARGV[j + 1]) end
+  changed = changed + redis.call('ZADD', KEYS[1], 'XX', 'CH', ARGV[j], ARGV[j + 1])
+end
 if changed > 0 and redis.call('EXISTS', KEYS[2]) == 1 then redis.call('INCR', KEYS[2]) end
 return changed
 "#,
     )
 });
 
-/// Tries of SET_EXPIRY while claims come and go.
+/// Tries of SET_EXPIRIES while claims come and go.
 const SET_EXPIRY_TRIES: usize = 5;
 
 // KEYS: overflow. ARGV: most wildcards, then wildcards. Records each, keeping the set bounded ('/*' past the bound).
@@ -1074,26 +1078,30 @@ impl Store for RedisStore {
         .await
     }
 
-    async fn set_expiry(&self, path: &str, expires_at: Option<u64>) -> Result<()> {
+    async fn set_expiries(&self, changes: &[Entry]) -> Result<()> {
         self.located(async {
             let mut con = self.conn().await?;
-            // Claims are few and short-lived: when one was made or dropped between reading them and the change, it is
-            // tried again; the last try changes the claims read, unchecked.
-            for attempt in 1..=SET_EXPIRY_TRIES {
-                let ids: Vec<String> = con.zrange(&self.keys.claims, 0, -1).await?;
-                let check = if attempt < SET_EXPIRY_TRIES { "1" } else { "0" };
-                let mut inv = SET_EXPIRY.prepare_invoke();
-                inv.key(&self.keys.urls)
-                    .key(&self.keys.gen)
-                    .key(&self.keys.claims)
-                    .arg(score(expires_at))
-                    .arg(path)
-                    .arg(check);
-                for id in &ids {
-                    inv.key(self.keys.claim(id, "urls")).arg(id);
-                }
-                if inv.invoke_async::<i64>(&mut con).await? >= 0 {
-                    break;
+            // Claims are few and short-lived: when one was made or dropped between reading them and the change, they
+            // are read again and the change tried again; the last try changes the claims read, unchecked.
+            let mut ids: Vec<String> = con.zrange(&self.keys.claims, 0, -1).await?;
+            for chunk in changes.chunks(PUT_CHUNK) {
+                for attempt in 1..=SET_EXPIRY_TRIES {
+                    let check = if attempt < SET_EXPIRY_TRIES { "1" } else { "0" };
+                    let mut inv = SET_EXPIRIES.prepare_invoke();
+                    inv.key(&self.keys.urls)
+                        .key(&self.keys.gen)
+                        .key(&self.keys.claims)
+                        .arg(check);
+                    for id in &ids {
+                        inv.key(self.keys.claim(id, "urls")).arg(id);
+                    }
+                    for e in chunk {
+                        inv.arg(score(e.expires_at)).arg(&e.path);
+                    }
+                    if inv.invoke_async::<i64>(&mut con).await? >= 0 {
+                        break;
+                    }
+                    ids = con.zrange(&self.keys.claims, 0, -1).await?;
                 }
             }
             Ok(())
