@@ -356,6 +356,51 @@ describe('failures part-way', () => {
     }
   }
 
+  for (const kind of ['redis', 'memory', 'custom']) {
+    it(`a URL served again within the second its lost-answer invalidation was made is invalidated again (${kind})`, async () => {
+      const opts = kind === 'redis' ? options() : { ...options(), redis: undefined, store: kind === 'memory' ? 'memory://' : new SyncStore() }
+      const tracker = createTracker(opts)
+      await tracker.storeUrl('/x')
+      await tracker.flush()
+      for (let i = 0; i < 200 && Date.now() % 1000 > 30; i++) await sleep(5) // all within one second
+      // CloudFront makes the invalidation but its answer is lost; the retry is refused: the batch is kept.
+      cf.fail('acceptThenReset')
+      cf.fail('accessDenied')
+      await assert.rejects(tracker.sendInvalidation(), { code: 'ERR_CFIT_CLOUDFRONT' })
+      const servedAgain = Date.now()
+      await tracker.storeUrl('/x') // the cache may hold the old page again
+      await tracker.sendInvalidation() // resumes the kept claim at once
+      const after = cf.invalidations(DIST).filter((i) => i.createTime.getTime() >= servedAgain)
+      assert.deepEqual(after.flatMap((i) => i.paths), ['/x'], 'invalidated after it was served again')
+      assert.deepEqual(await tracker.listUrls(), [])
+    })
+  }
+
+  it('a sender killed after resuming a kept claim and claiming a URL served again: the next send bills the URL once', async () => {
+    const opts = options()
+    const tracker = createTracker(opts)
+    await tracker.storeUrl('/x')
+    cf.fail('accessDenied')
+    await assert.rejects(tracker.sendInvalidation(), { code: 'ERR_CFIT_CLOUDFRONT' }) // claim A of /x, planned, kept
+    await sleep(1100) // A's lease runs out
+    await Promise.all(['/x', '/y'].map((u) => tracker.storeUrl(u))) // /x served again
+    // A sender resumes A and claims B of /x and /y; CloudFront refuses A's batch, slowly; the sender dies meanwhile,
+    // before planning B.
+    cf.fail('accessDenied', { delayMs: 3000 })
+    const child = spawn(process.execPath, [path.join(__dirname, 'helpers', 'sender.js'), JSON.stringify(opts)], { stdio: 'ignore' })
+    for (let i = 0; i < 400 && creates().length < 2; i++) await sleep(10)
+    assert.equal(creates().length, 2, "the sender sent A's batch")
+    child.kill('SIGKILL')
+    await new Promise((resolve) => child.once('exit', resolve))
+    await sleep(1100) // both leases run out: A's (planned) and B's (never planned)
+    assert.equal(await redis.client.command('ZCARD', `{${opts.redis.prefix}}:claims`), 2)
+    cf.reset()
+    await tracker.sendInvalidation()
+    // A's batch is made now, after /x was served again: it covers it.
+    assert.deepEqual(cf.invalidations(DIST).map((i) => i.paths), [['/x'], ['/y']])
+    assert.deepEqual(await tracker.listUrls(), [])
+  })
+
 
   it('a sender keeps the leases of every claim it holds while it waits on one: no other sender takes them, nothing is billed twice', async () => {
     // Room for three paths in progress, each invalidation in progress for 3 s.

@@ -311,10 +311,15 @@ fn name_invalidations(entry: &mut BatchReport, made: Vec<(String, String)>) {
     }
 }
 
-/// `t` to the whole second below.
-fn whole_seconds(t: std::time::SystemTime) -> std::time::SystemTime {
-    let since = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
-    std::time::UNIX_EPOCH + Duration::from_secs(since.as_secs())
+/// Whether CloudFront made an invalidation it answered with before a send that `began` then: its `CreateTime` is
+/// earlier or unknown. A time that counts no milliseconds and falls in the second the send began may be either: taken
+/// as made before, the side on which a URL served again meanwhile is invalidated again rather than left stale.
+fn made_earlier(create_time: Option<std::time::SystemTime>, began: std::time::SystemTime) -> bool {
+    let Some(t) = create_time else { return true };
+    let since =
+        |t: std::time::SystemTime| t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let (made, began) = (since(t), since(began));
+    made < began || (made.subsec_nanos() == 0 && made.as_secs() == began.as_secs())
 }
 
 /// Queues the two halves of a chunk, labelled so that a retry of the same split reuses the same CallerReferences.
@@ -338,8 +343,7 @@ struct Sender<'a> {
     cfg: &'a SendConfig,
     log: &'a dyn Log,
     deadline: Instant,
-    /// When the send began, to the second below: an invalidation CloudFront says it made before then was not made by
-    /// this send. (CloudFront's clock may not count the milliseconds.)
+    /// When the send began: an invalidation CloudFront says it made before then was not made by this send.
     began: std::time::SystemTime,
     /// What this send believes is in progress on the distribution; re-read from CloudFront when it looks full.
     in_progress: Option<InProgress>,
@@ -490,7 +494,7 @@ impl Sender<'_> {
                         if let Some(ip) = self.in_progress.as_mut() {
                             ip.add(&InProgress::of(&chunk));
                         }
-                        if created.create_time.is_none_or(|t| t < self.began) {
+                        if made_earlier(created.create_time, self.began) {
                             made_before += chunk.len();
                         }
                         accepted.push((created.id, reference.clone()));
@@ -567,8 +571,8 @@ impl Sender<'_> {
     }
 
     /// Sends what is left of one claim. `older` holds the URLs of earlier claims of this send that had not reached
-    /// CloudFront before it: a new claim leaves them out, so a URL served again while an earlier send failed is not
-    /// billed twice for nothing.
+    /// CloudFront before it: a claim planned here leaves them out, so a URL served again while an earlier send failed is
+    /// not billed twice for nothing.
     async fn send_claim(
         &mut self,
         claim: Claim,
@@ -587,11 +591,11 @@ impl Sender<'_> {
         let planned = match saved {
             Some(plan) => plan,
             None => {
+                // Not planned yet (a new claim, or one whose sender died or failed before planning it): it never
+                // reached CloudFront, and leaves out what the claims planned before it send.
                 let urls = match older.as_ref() {
-                    Some(seen) if !resumed => {
-                        urls.into_iter().filter(|u| !seen.contains(u)).collect()
-                    }
-                    _ => urls,
+                    Some(seen) => urls.into_iter().filter(|u| !seen.contains(u)).collect(),
+                    None => urls,
                 };
                 let (planned, collapsed) = plan(urls, overflow, self.cfg);
                 report.collapsed |= collapsed;
@@ -805,7 +809,10 @@ pub async fn send(
         return Ok(report);
     }
     let billed_before = store.billed_this_month().await?;
-    let claims = store.claim(cfg.lease.as_millis() as u64).await?;
+    let mut claims = store.claim(cfg.lease.as_millis() as u64).await?;
+    // Claims planned by an earlier sender first: their batches are fixed, and the claims planned here leave out the
+    // URLs those hold (below).
+    claims.sort_by_key(|c| (!c.resumed, c.plan.is_none()));
     let held: Held = tokio::sync::Mutex::new(claims.iter().map(|c| c.id.clone()).collect());
     let mut sender = Sender {
         store,
@@ -813,14 +820,13 @@ pub async fn send(
         cfg,
         log,
         deadline: Instant::now() + cfg.send_timeout,
-        began: whole_seconds(std::time::SystemTime::now()),
+        began: std::time::SystemTime::now(),
         in_progress: None,
         pacing: true,
         held: &held,
     };
-    // Only when an earlier claim is resumed beside a new one can the two hold the same URL.
-    let mut older =
-        (claims.iter().any(|c| c.resumed) && claims.iter().any(|c| !c.resumed)).then(HashSet::new);
+    // Only when an earlier claim is resumed beside another can two hold the same URL (served again meanwhile).
+    let mut older = (claims.len() > 1 && claims.iter().any(|c| c.resumed)).then(HashSet::new);
     let work = async {
         for claim in claims {
             if report.error.is_some() && !claim.resumed {
@@ -883,6 +889,19 @@ mod tests {
 
     fn urls(n: usize) -> Vec<String> {
         (0..n).map(|i| format!("/p/{i:05}")).collect()
+    }
+
+    #[test]
+    fn an_invalidation_is_made_earlier_unless_its_time_says_it_came_after_the_send_began() {
+        let at = |ms: u64| Some(std::time::UNIX_EPOCH + Duration::from_millis(ms));
+        let began = std::time::UNIX_EPOCH + Duration::from_millis(1_700_000_000_500);
+        assert!(made_earlier(at(1_700_000_000_499), began));
+        assert!(!made_earlier(at(1_700_000_000_500), began));
+        assert!(!made_earlier(at(1_700_000_000_501), began));
+        assert!(!made_earlier(at(1_700_000_001_000), began));
+        // No milliseconds, in the second the send began: it may have been made before.
+        assert!(made_earlier(at(1_700_000_000_000), began));
+        assert!(made_earlier(None, began));
     }
 
     #[test]
