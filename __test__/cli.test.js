@@ -219,11 +219,30 @@ describe('cli against Redis and moto', () => {
     assert.equal(r.code, 1, r.stderr)
     assert.match(r.stderr, /sendTimeoutMs \(6000 ms\) passed/)
     // Each failed try says why in words, without the SDK's debug dump.
-    assert.match(r.stderr, /^CloudFront ServiceUnavailable: dispatch failure: .*Connection refused( \(os error \d+\))?$/m)
+    assert.match(r.stderr, /^CloudFront NetworkError: dispatch failure: .*Connection refused( \(os error \d+\))?$/m)
+    // The error it ends with says why too.
+    assert.match(r.stderr, /sendTimeoutMs \(6000 ms\) passed \(last failure: CloudFront NetworkError: dispatch failure: .*Connection refused/)
     assert.doesNotMatch(r.stderr, /DispatchFailure|ConnectorError|\{ /)
     assert.ok(Date.now() - started < 30_000, `${Date.now() - started} ms`)
     assert.deepEqual((await run(['list', '--prefix', prefix], env)).stdout, '/kept\n')
     assertFails(await run(['send', '--timeout', '0'], env), 2, /--timeout must be an integer from 1/)
+  })
+
+  test('send without AWS credentials fails at once and says so; the URLs stay tracked', async () => {
+    const prefix = 'nocredentials'
+    assert.equal((await run(['track', '/kept', '--prefix', prefix], env)).code, 0)
+    const none = { ...env }
+    for (const name of ['AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_SESSION_TOKEN']) delete none[name]
+    const before = await received()
+    const started = Date.now()
+    const r = await run(['send', '--prefix', prefix], none)
+    assert.equal(r.code, 1, r.stderr)
+    assert.match(r.stderr, /^cf-invalidation-tracker: CloudFront CredentialsNotLoaded: no usable AWS credentials: .*no credentials found in chain/m)
+    assert.doesNotMatch(r.stderr, /sendTimeoutMs|retrying/)
+    // Not after sendTimeoutMs (15 minutes by default) of retries: the SDK looks for credentials once.
+    assert.ok(Date.now() - started < 10_000, `${Date.now() - started} ms`)
+    assert.deepEqual(await received(), before)
+    assert.deepEqual((await run(['list', '--prefix', prefix], env)).stdout, '/kept\n')
   })
 
   test('plain output of a send: the tracker\'s lines on stderr, a summary on stdout', async () => {

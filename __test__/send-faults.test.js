@@ -102,6 +102,18 @@ describe('retries', () => {
     assertDeliveredOnce(urls)
   })
 
+  it('a CloudFront that keeps failing ends the send after 8 tries in a row, not at its deadline; nothing is lost', async () => {
+    const { tracker, urls } = await tracked(5)
+    cf.fail(503, { times: 1000, op: 'ListInvalidations' })
+    const err = await tracker.sendInvalidation().then(() => null, (e) => e)
+    assert.equal(err?.code, 'ERR_CFIT_CLOUDFRONT')
+    assert.match(err.message, /^CloudFront ServiceUnavailable: /)
+    const asked = cf.requests.filter((r) => r.op === 'ListInvalidations').length
+    assert.ok(asked >= 8 && asked <= 8 * 3, `${asked} requests (8 tries, each up to 3 attempts of the SDK)`)
+    assert.equal(creates().length, 0)
+    assert.deepEqual(await tracker.listUrls(), [...urls].sort())
+  })
+
   it('slow answers are waited for', async () => {
     const { tracker, urls } = await tracked(5)
     cf.fail('slow', { delayMs: 1500 })

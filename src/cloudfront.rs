@@ -61,7 +61,12 @@ pub enum CfFailure {
     TooManyInProgress(String),
     /// Throttled, a 5xx, or the network: retry with backoff (a CreateInvalidation retried with the same
     /// CallerReference is safe).
-    Transient(String),
+    Transient {
+        /// CloudFront's error code, or `NetworkError` when no answer came (refused, reset, timed out, garbled).
+        code: String,
+        /// What went wrong.
+        message: String,
+    },
     /// The batch is too large: split it.
     BatchTooLarge(String),
     /// Anything else (access denied, no such distribution, bad argument): give up for this send.
@@ -73,6 +78,16 @@ pub enum CfFailure {
     },
 }
 
+impl CfFailure {
+    /// No answer, or none that could be read: retried.
+    pub fn network(message: String) -> Self {
+        CfFailure::Transient {
+            code: "NetworkError".into(),
+            message,
+        }
+    }
+}
+
 impl From<CfFailure> for Error {
     fn from(f: CfFailure) -> Self {
         match f {
@@ -80,10 +95,7 @@ impl From<CfFailure> for Error {
                 code: "TooManyInvalidationsInProgress".into(),
                 message: m,
             },
-            CfFailure::Transient(m) => Error::CloudFront {
-                code: "ServiceUnavailable".into(),
-                message: m,
-            },
+            CfFailure::Transient { code, message } => Error::CloudFront { code, message },
             CfFailure::BatchTooLarge(m) => Error::CloudFront {
                 code: "BatchTooLarge".into(),
                 message: m,
@@ -108,10 +120,34 @@ fn causes(err: &dyn std::error::Error) -> String {
     out
 }
 
+/// The code of a failure to sign the request that no retry mends: no credentials anywhere in the AWS chain, or
+/// credentials configured wrongly. (A provider that timed out or failed on its own, like a slow instance metadata
+/// service, may answer the next time.)
+fn credentials_failure(err: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    use aws_credential_types::provider::error::CredentialsError;
+    let mut source = Some(err);
+    while let Some(e) = source {
+        match e.downcast_ref::<CredentialsError>() {
+            Some(CredentialsError::CredentialsNotLoaded(_)) => return Some("CredentialsNotLoaded"),
+            Some(CredentialsError::InvalidConfiguration(_)) => return Some("InvalidConfiguration"),
+            _ => source = e.source(),
+        }
+    }
+    None
+}
+
 fn classify<E>(err: SdkError<E, HttpResponse>) -> CfFailure
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
+    if let SdkError::DispatchFailure(_) = &err {
+        if let Some(code) = credentials_failure(&err) {
+            return CfFailure::Fatal {
+                code: code.into(),
+                message: format!("no usable AWS credentials: {}", causes(&err)),
+            };
+        }
+    }
     let code = err.code().unwrap_or_default().to_owned();
     let message = err
         .message()
@@ -127,9 +163,16 @@ where
         (
             _,
             "Throttling" | "ThrottlingException" | "RequestLimitExceeded" | "ServiceUnavailable",
-        ) => CfFailure::Transient(message),
+        ) => CfFailure::Transient { code, message },
         (SdkError::ServiceError(_), _) if status.is_some_and(|s| s >= 500 || s == 429) => {
-            CfFailure::Transient(message)
+            CfFailure::Transient {
+                code: if code.is_empty() {
+                    "ServiceUnavailable".into()
+                } else {
+                    code
+                },
+                message,
+            }
         }
         (SdkError::ServiceError(_), _) if status == Some(413) => CfFailure::BatchTooLarge(message),
         (SdkError::ServiceError(_), _) => CfFailure::Fatal {
@@ -141,7 +184,7 @@ where
             message,
         },
         // Dispatch failures, timeouts and broken responses: the request may or may not have arrived.
-        _ => CfFailure::Transient(message),
+        _ => CfFailure::network(message),
     }
 }
 
@@ -298,7 +341,7 @@ impl CloudFront {
             .await
             .map_err(classify)?;
         let inv = out.invalidation().ok_or_else(|| {
-            CfFailure::Transient("CloudFront answered without an invalidation".into())
+            CfFailure::network("CloudFront answered without an invalidation".into())
         })?;
         self.sizes_lock()
             .insert(inv.id().to_owned(), InProgress::of(paths));

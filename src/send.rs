@@ -349,6 +349,8 @@ struct Sender<'a> {
     in_progress: Option<InProgress>,
     /// False once CloudFront refused to list invalidations: the send then relies on TooManyInvalidationsInProgress.
     pacing: bool,
+    /// The last failure this send retried, for the error it ends with if its deadline passes.
+    last_failure: Option<String>,
     /// The claims this send holds and has not yet finished or given back: their leases are renewed meanwhile.
     held: &'a Held,
 }
@@ -416,7 +418,7 @@ impl Sender<'_> {
     ) -> std::result::Result<T, CfFailure> {
         let left = self.deadline.saturating_duration_since(Instant::now());
         tokio::time::timeout(left, call).await.unwrap_or_else(|_| {
-            Err(CfFailure::Transient(format!(
+            Err(CfFailure::network(format!(
                 "no answer within sendTimeoutMs ({} ms)",
                 self.cfg.send_timeout.as_millis()
             )))
@@ -426,6 +428,7 @@ impl Sender<'_> {
     /// Waits until the distribution has room for `paths`; false when the deadline passed first.
     async fn wait_for_room(&mut self, paths: &[String], retries: &mut u32) -> Result<bool> {
         let need = InProgress::of(paths);
+        let mut transient = 0;
         loop {
             let fits = |ip: &InProgress| ip.has_room_for(&need);
             if !self.pacing || self.in_progress.as_ref().is_some_and(fits) {
@@ -453,7 +456,15 @@ impl Sender<'_> {
                 Err(CfFailure::Fatal { code, message }) => {
                     return Err(Error::CloudFront { code, message })
                 }
-                Err(other) => self.log.warn(&format!("{}", Error::from(other))),
+                Err(other) => {
+                    let e = Error::from(other);
+                    self.log.warn(&e.to_string());
+                    transient += 1;
+                    if transient >= MAX_TRANSIENT_FAILURES {
+                        return Err(e);
+                    }
+                    self.note_failure(&e);
+                }
             }
             if self.timed_out() {
                 return Ok(false);
@@ -523,13 +534,16 @@ impl Sender<'_> {
                         self.log
                             .info(&format!("CloudFront is busy ({msg}); waiting"));
                     }
-                    Err(CfFailure::Transient(msg)) if transient >= MAX_TRANSIENT_FAILURES => {
-                        return BatchOutcome::Kept(CfFailure::Transient(msg).into(), accepted)
+                    Err(failure @ CfFailure::Transient { .. })
+                        if transient >= MAX_TRANSIENT_FAILURES =>
+                    {
+                        return BatchOutcome::Kept(failure.into(), accepted)
                     }
-                    Err(CfFailure::Transient(msg)) => {
+                    Err(failure @ CfFailure::Transient { .. }) => {
                         transient += 1;
-                        self.log
-                            .warn(&format!("CloudFront did not answer ({msg}); retrying"));
+                        let e = Error::from(failure);
+                        self.log.warn(&format!("{e}; retrying"));
+                        self.note_failure(&e);
                     }
                     Err(CfFailure::BatchTooLarge(m)) => {
                         return BatchOutcome::Kept(CfFailure::BatchTooLarge(m).into(), accepted)
@@ -563,9 +577,20 @@ impl Sender<'_> {
         }
     }
 
+    /// Keeps a failure the send retried for its deadline's error; not the cut at the deadline itself.
+    fn note_failure(&mut self, e: &Error) {
+        if !self.timed_out() {
+            self.last_failure = Some(e.to_string());
+        }
+    }
+
     fn deadline_error(&self) -> Error {
+        let last = match &self.last_failure {
+            Some(failure) => format!(" (last failure: {failure})"),
+            None => String::new(),
+        };
         Error::Timeout(format!(
-            "sendTimeoutMs ({} ms) passed; unsent paths stay tracked for the next send",
+            "sendTimeoutMs ({} ms) passed{last}; unsent paths stay tracked for the next send",
             self.cfg.send_timeout.as_millis()
         ))
     }
@@ -823,6 +848,7 @@ pub async fn send(
         began: std::time::SystemTime::now(),
         in_progress: None,
         pacing: true,
+        last_failure: None,
         held: &held,
     };
     // Only when an earlier claim is resumed beside another can two hold the same URL (served again meanwhile).
