@@ -309,6 +309,32 @@ describe('never crashes the host', () => {
     await invl.disconnect().catch(() => {})
   })
 
+  it('a wrong password, a server that wants one, and a port that is not Redis\'s: named and explained on one line', async () => {
+    const redis = await startRedis({ password: 'hunter2' })
+    const http = require('node:http').createServer((req, res) => res.end('not redis'))
+    await new Promise((resolve) => http.listen(0, '127.0.0.1', resolve))
+    const port = new URL(redis.url).port
+    const cases = [
+      [`redis://:wrong@127.0.0.1:${port}`, `Redis store at redis://***@127.0.0.1:${port}: `, /AuthenticationFailed \(check the password/],
+      [`redis://127.0.0.1:${port}`, `Redis store at redis://127.0.0.1:${port}: `, /wants a password/],
+      [`redis://127.0.0.1:${http.address().port}`, `Redis store at redis://127.0.0.1:${http.address().port}: `, /is this a Redis port\?\)$/]
+    ]
+    try {
+      for (const [url, named, why] of cases) {
+        const invl = createTracker({ cf: { dist: 'E' }, redis: { url }, logger: false })
+        const err = await invl.listUrls().then(() => null, (e) => e)
+        await invl.disconnect().catch(() => {})
+        assert.equal(err?.code, 'ERR_CFIT_REDIS', url)
+        assert.ok(err.message.startsWith(named), err.message)
+        assert.match(err.message, why)
+        assert.ok(!err.message.includes('\n') && !err.message.includes('wrong'), err.message)
+      }
+    } finally {
+      http.close()
+      await redis.stop()
+    }
+  })
+
   it('errors from the native constructor carry their code, and no password', () => {
     assert.throws(
       () => createTracker({ cf: { dist: 'E' }, redis: { url: 'redis://:hunter2@[bad' } }),

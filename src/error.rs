@@ -18,13 +18,13 @@ pub enum Error {
     #[error("invalid URL: {0}")]
     InvalidUrl(#[from] PathError),
 
-    /// The Redis store failed (connection, timeout or command error); `at` names the server it could not reach.
-    #[error("Redis store{at}: {source}{hint}", at = located(.at), hint = redis_hint(.source))]
+    /// The Redis store failed (connection, timeout or command error); `at` names the server, without credentials.
+    #[error("Redis store{at}: {said}{hint}", at = located(.at), said = one_line(.source), hint = redis_hint(.source))]
     Redis {
         /// What redis-rs reported.
         #[source]
         source: Arc<redis::RedisError>,
-        /// The server (its URL without credentials), for a failure to reach it.
+        /// The server (its URL without credentials).
         at: Option<Arc<str>>,
     },
 
@@ -99,12 +99,30 @@ fn located(at: &Option<Arc<str>>) -> String {
         .unwrap_or_default()
 }
 
+/// What redis-rs said, on one line (a reply it could not parse comes on several).
+fn one_line(e: &redis::RedisError) -> String {
+    let said = e.to_string();
+    said.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// What to do about a Redis error that has one answer.
 fn redis_hint(e: &redis::RedisError) -> &'static str {
     use redis::{ErrorKind, ServerErrorKind};
     match e.kind() {
         ErrorKind::Server(ServerErrorKind::Moved | ServerErrorKind::Ask) => {
             " (this server is a node of a Redis Cluster: set redis.cluster, or --redis-cluster)"
+        }
+        // An HTTP server on the port, say: its answer is no Redis reply.
+        ErrorKind::Parse => " (the server did not answer as Redis does: is this a Redis port?)",
+        _ if e.code() == Some("NOAUTH") => {
+            " (the server wants a password: give it in the URL, or as redis.password)"
+        }
+        ErrorKind::AuthenticationFailed => {
+            " (check the password, and the user name: one in the URL is sent as a Redis 6 ACL user)"
         }
         _ => "",
     }

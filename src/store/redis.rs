@@ -780,20 +780,14 @@ impl RedisStore {
         })
     }
 
-    /// Runs `work`; a failure to reach the server names the server (redis-rs says only "Connection refused").
+    /// Runs `work`; a Redis failure names the server, without credentials (redis-rs says only "Connection refused"
+    /// or "AuthenticationFailed", which does not tell which of several servers or settings).
     async fn located<T>(&self, work: impl std::future::Future<Output = Result<T>>) -> Result<T> {
         work.await.map_err(|e| match e {
-            Error::Redis { source, at: None }
-                if source.is_io_error()
-                    || source.is_connection_refusal()
-                    || source.is_timeout()
-                    || source.is_connection_dropped() =>
-            {
-                Error::Redis {
-                    source,
-                    at: Some(self.shown.clone()),
-                }
-            }
+            Error::Redis { source, at: None } => Error::Redis {
+                source,
+                at: Some(self.shown.clone()),
+            },
             e => e,
         })
     }
