@@ -414,6 +414,45 @@ describe('failures part-way', () => {
   })
 
 
+  it('a sender that stalled past its lease leaves alone the claim another sender resumed meanwhile', async () => {
+    const opts = options()
+    const claimsKey = `{${opts.redis.prefix}}:claims`
+    const tracker = createTracker(opts)
+    await tracker.storeUrl('/k')
+    cf.fail('accessDenied')
+    await assert.rejects(tracker.sendInvalidation(), { code: 'ERR_CFIT_CLOUDFRONT' }) // claim K of /k, planned, kept
+    await sleep(1100)
+    await Promise.all(['/n1', '/n2'].map((u) => tracker.storeUrl(u)))
+    // Sender X resumes K and claims N; CloudFront refuses K's batch after 2.5 s, and X is stopped meanwhile (a long
+    // pause, a frozen VM): its leases run out.
+    cf.fail('accessDenied', { delayMs: 2500 })
+    const x = spawn(process.execPath, [path.join(__dirname, 'helpers', 'sender.js'), JSON.stringify(opts)], { stdio: ['ignore', 'pipe', 'ignore'] })
+    let out = ''
+    x.stdout.on('data', (d) => { out += d })
+    const xDone = new Promise((resolve) => x.once('exit', resolve))
+    for (let i = 0; i < 400 && creates().length < 2; i++) await sleep(10)
+    x.kill('SIGSTOP')
+    const [, n] = await redis.client.command('ZRANGE', claimsKey, '0', '-1')
+    assert.ok(n, 'X claimed N')
+    await sleep(1200)
+    // Y resumes K and N (its lease of 6 s renewed every 2 s): K goes through, N's batch is slow.
+    cf.fail('slow', { delayMs: 3000, after: 1 })
+    const y = createTracker({ ...opts, leaseMs: 6000 })
+    const sendingY = y.sendInvalidation()
+    for (let i = 0; i < 400 && creates().length < 4; i++) await sleep(10)
+    x.kill('SIGCONT')
+    await xDone
+    assert.equal(JSON.parse(out).error.code, 'ERR_CFIT_CLOUDFRONT', 'X failed on K, and gave N back')
+    assert.ok(Number(await redis.client.command('ZSCORE', claimsKey, n)) > Date.now(), "Y's lease of N stands")
+    const reportZ = await createTracker(opts).sendInvalidation()
+    const reportY = await sendingY
+    assert.equal(reportZ.resumed, 0, 'Z did not take over the claim Y was sending')
+    assert.equal(creates().filter((r) => r.paths.includes('/n1')).length, 1, "N's batch sent once")
+    assert.deepEqual([...cf.pathsReceived(DIST)].sort(), ['/k', '/n1', '/n2'])
+    assert.equal(reportY.billedPaths + reportZ.billedPaths, 3)
+    assert.deepEqual(await tracker.listUrls(), [])
+  })
+
   it('a sender keeps the leases of every claim it holds while it waits on one: no other sender takes them, nothing is billed twice', async () => {
     // Room for three paths in progress, each invalidation in progress for 3 s.
     await useCloudFront({ inProgressMs: 3000, maxInProgressPaths: 3 })

@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use async_trait::async_trait;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, IntoConnectionInfo, Script};
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
@@ -597,6 +597,9 @@ return changed
     )
 });
 
+/// The lease of a claim another sender took over: no lease in Redis equals it.
+const LOST: u64 = u64::MAX;
+
 /// Tries of SET_EXPIRIES while claims come and go.
 const SET_EXPIRY_TRIES: usize = 5;
 
@@ -662,13 +665,15 @@ return 1
     )
 });
 
-// KEYS: claims, urls, overflow, claim urls, claim overflow, claim plan, claim done. ARGV: id, most wildcards. Tracks
-// a claim's URLs and wildcards again (a URL tracked meanwhile keeps the later expiry; the wildcards within their bound,
-// as PUT_OVERFLOW keeps it) and drops the claim, unless it has a plan: then it is released. Returns 1 when given back.
+// KEYS: claims, urls, overflow, claim urls, claim overflow, claim plan, claim done. ARGV: id, most wildcards, lease.
+// Tracks a claim's URLs and wildcards again (a URL tracked meanwhile keeps the later expiry; the wildcards within their
+// bound, as PUT_OVERFLOW keeps it) and drops the claim, unless it has a plan: then it is released. Does nothing unless
+// the claim's lease is the one given (another sender took it over since), or none is given. Returns 1 when given back.
 static GIVE_BACK: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+local lease = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not lease or (ARGV[3] ~= '' and tonumber(lease) ~= tonumber(ARGV[3])) then return 0 end
 if redis.call('EXISTS', KEYS[6]) == 1 then redis.call('ZADD', KEYS[1], 'XX', 0, ARGV[1]); return 0 end
 if redis.call('EXISTS', KEYS[4]) == 1 then
   redis.call('ZUNIONSTORE', KEYS[2], 2, KEYS[2], KEYS[4], 'AGGREGATE', 'MAX')
@@ -685,12 +690,15 @@ return 1
     )
 });
 
-// KEYS: claims. ARGV: id, deadline. Renews only a claim that still exists.
+// KEYS: claims. ARGV: id, new deadline (0 to release), lease. Changes the lease of a claim that still exists and is
+// still leased as given (or when none is given): not one another sender took over since. Returns 1 when changed.
 static RENEW: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-if redis.call('ZSCORE', KEYS[1], ARGV[1]) then redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1]) end
-return 0
+local lease = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not lease or (ARGV[3] ~= '' and tonumber(lease) ~= tonumber(ARGV[3])) then return 0 end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+return 1
 "#,
     )
 });
@@ -704,6 +712,10 @@ pub struct RedisStore {
     keys: Keys,
     conn: Mutex<Option<Conn>>,
     known: Mutex<Known>,
+    /// The lease this store last gave each claim a send of it holds: a renewal, release or give-back changes a claim
+    /// only while its lease is still that one, so a sender that stalled past its lease (a long pause, a frozen VM)
+    /// leaves alone a claim another sender resumed since.
+    leases: Mutex<HashMap<String, u64>>,
 }
 
 /// A generation for PUT to start from when the key is missing (a new or emptied Redis): random, so that it differs
@@ -777,7 +789,46 @@ impl RedisStore {
             shown: shown.into(),
             conn: Mutex::new(None),
             known: Mutex::new(Known::default()),
+            leases: Mutex::new(HashMap::new()),
         })
+    }
+
+    fn leases_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
+        self.leases
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// The lease this store gave a claim, as the scripts take it ('' when it gave none: the claim is not checked).
+    fn lease_of(&self, claim_id: &str) -> String {
+        self.leases_lock()
+            .get(claim_id)
+            .map(u64::to_string)
+            .unwrap_or_default()
+    }
+
+    /// Gives a claim the lease `until` (0: run out), unless another sender took it over since this store leased it.
+    async fn set_lease(&self, claim_id: &str, until: u64) -> Result<()> {
+        self.located(async {
+            let mut con = self.conn().await?;
+            let changed: i64 = RENEW
+                .key(&self.keys.claims)
+                .arg(claim_id)
+                .arg(until)
+                .arg(self.lease_of(claim_id))
+                .invoke_async(&mut con)
+                .await?;
+            let mut leases = self.leases_lock();
+            if until == 0 {
+                // Released: this sender is done with the claim.
+                leases.remove(claim_id);
+            } else {
+                // Taken over: no later renewal, release or give-back of this sender's may change it.
+                leases.insert(claim_id.to_owned(), if changed == 1 { until } else { LOST });
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// Runs `work`; a Redis failure names the server, without credentials (redis-rs says only "Connection refused"
@@ -1153,6 +1204,7 @@ impl Store for RedisStore {
         self.located(async {
             let mut con = self.conn().await?;
             let id = new_claim_id();
+            let now = now_ms();
             let (stale, made): (Vec<String>, i64) = CLAIM
                 .key(&self.keys.urls)
                 .key(&self.keys.overflow)
@@ -1160,11 +1212,17 @@ impl Store for RedisStore {
                 .key(self.keys.claim(&id, "urls"))
                 .key(self.keys.claim(&id, "overflow"))
                 .key(&self.keys.gen)
-                .arg(now_ms())
+                .arg(now)
                 .arg(lease_ms)
                 .arg(&id)
                 .invoke_async(&mut con)
                 .await?;
+            {
+                let mut leases = self.leases_lock();
+                for claimed in stale.iter().chain((made == 1).then_some(&id)) {
+                    leases.insert(claimed.clone(), now + lease_ms);
+                }
+            }
             let mut claims = Vec::with_capacity(stale.len() + 1);
             for old in stale {
                 claims.push(self.read_claim(&mut con, &old, true).await?);
@@ -1244,33 +1302,12 @@ impl Store for RedisStore {
     }
 
     async fn renew(&self, claim_id: &str, lease_ms: u64) -> Result<()> {
-        self.located(async {
-            let mut con = self.conn().await?;
-            RENEW
-                .key(&self.keys.claims)
-                .arg(claim_id)
-                .arg(now_ms() + lease_ms)
-                .invoke_async::<i64>(&mut con)
-                .await?;
-            Ok(())
-        })
-        .await
+        self.set_lease(claim_id, now_ms() + lease_ms).await
     }
 
     async fn release(&self, claim_id: &str) -> Result<()> {
-        self.located(async {
-            let mut con = self.conn().await?;
-            // Score 0: the lease has run out, the next send resumes it.
-            redis::cmd("ZADD")
-                .arg(&self.keys.claims)
-                .arg("XX")
-                .arg(0)
-                .arg(claim_id)
-                .query_async::<()>(&mut con)
-                .await?;
-            Ok(())
-        })
-        .await
+        // Lease 0: it has run out, the next send resumes the claim.
+        self.set_lease(claim_id, 0).await
     }
 
     async fn give_back(&self, claim_id: &str) -> Result<()> {
@@ -1286,8 +1323,10 @@ impl Store for RedisStore {
                 .key(self.keys.claim(claim_id, "done"))
                 .arg(claim_id)
                 .arg(MAX_OVERFLOW_WILDCARDS)
+                .arg(self.lease_of(claim_id))
                 .invoke_async::<i64>(&mut con)
                 .await?;
+            self.leases_lock().remove(claim_id);
             Ok(())
         })
         .await
@@ -1307,6 +1346,7 @@ impl Store for RedisStore {
                 ])
                 .query_async::<()>(&mut con)
                 .await?;
+            self.leases_lock().remove(claim_id);
             Ok(())
         })
         .await
