@@ -445,6 +445,37 @@ describe('middleware', () => {
     }
   })
 
+  test('a ttl function that returns no number of seconds: the URL is tracked without a TTL, and the mistake logged once', async () => {
+    const { lines, logger } = captureLogger()
+    const invl = tracker({ logger })
+    const express = require('express')
+    const app = express()
+    // What `() => process.env.PAGE_TTL` returns when PAGE_TTL is set, and other values no TTL can be made of.
+    const returned = { env: '3600', negative: -1, word: 'abc', nan: NaN }
+    for (const [name, value] of Object.entries(returned)) app.use(`/${name}`, invl.middleware({ ttl: () => value }))
+    app.use('/good', invl.middleware({ ttl: () => 60 }))
+    app.all('/{*rest}', (req, res) => res.send('ok'))
+    const server = await listen(app)
+    try {
+      const paths = Object.keys(returned).flatMap((name) => [`/${name}/a`, `/${name}/b`])
+      await hit(server.url, paths.map((p) => ['GET', p]))
+      // Junk from the internet stays quiet, through a middleware whose ttl is right or wrong.
+      const tooLong = '{'.repeat(1500)
+      for (const target of [`/good/${tooLong}`, `/env/${tooLong}`]) assert.equal(await rawGet(server.url, target), 200)
+      await assertTracked(invl, paths)
+      for (const p of paths) assert.equal(await redis.client.command('ZSCORE', '{cfit}:urls', p), 'inf', p)
+      assert.deepEqual(lines, [
+        'type string ("3600")', 'type number (-1)', 'type string ("abc")', 'type number (NaN)'
+      ].map((value) => ({
+        level: 'error',
+        message: `cf-invalidation-tracker: middleware ttl returned ${value}, not a number of seconds >= 0: URLs it is given for are tracked without a TTL (until they are sent)`
+      })))
+    } finally {
+      await server.close()
+      await invl.disconnect()
+    }
+  })
+
   test('rejects bad options when it is built', () => {
     const invl = createTracker({ cf: { dist: 'E' }, store: 'memory://', logger: false })
     for (const bad of [{ methods: 'GET' }, { statuses: 200 }, { ttl: '60' }, { filter: true }, { removeOn404: 'yes' }]) {

@@ -3,7 +3,7 @@
 // Express/connect middleware: tracks the URL of every cacheable response once it has ended.
 
 const { ServerResponse, OutgoingMessage } = require('node:http')
-const { argType, argValue } = require('./errors')
+const { argType, argValue, describe } = require('./errors')
 const { MAX_URL_LENGTH, optBoolean, unknownOptions } = require('./options')
 
 const DEFAULT_METHODS = ['GET', 'HEAD']
@@ -73,7 +73,8 @@ function parseTtl (ttl) {
  * (GET, HEAD) whose status passes `statuses` (2xx, 3xx) and whose Cache-Control has neither `no-store` nor `private`
  * is tracked; a 404 that `statuses` does not pass stops tracking the URL (`removeOn404`); a response destroyed before
  * it ended is left alone. `onlyCloudFront` limits all this to requests CloudFront forwarded; `filter(req, res)`
- * returning false leaves a request alone; `ttl` (seconds, or `(req, res) => seconds`) is passed to `storeUrl`.
+ * returning false leaves a request alone; `ttl` (seconds, or `(req, res) => seconds`) is passed to `storeUrl` (a
+ * function's answer that is not a number >= 0 is logged once, and the URL tracked without a TTL).
  * `filter` and `ttl` run once the response has ended.
  * Nothing it does is awaited in the request path, and nothing it does can throw into the server: failures (a store
  * that is down, a throwing `filter`) go to the tracker's logger.
@@ -95,9 +96,27 @@ function middleware (tracker, options = {}) {
   }
 
   function report (err) {
+    logError(`cf-invalidation-tracker: middleware failed: ${err && err.message}`)
+  }
+  function logError (message) {
     try {
-      if (typeof tracker._log === 'function') tracker._log('error', `cf-invalidation-tracker: middleware failed: ${err && err.message}`)
+      if (typeof tracker._log === 'function') tracker._log('error', message)
     } catch {}
+  }
+  // A `ttl` function that returns no number of seconds (`() => process.env.PAGE_TTL`, a string) is the app's mistake,
+  // not the client's: the URL is tracked without a TTL (until it is sent, the safe side) and the mistake is logged,
+  // once, rather than every response left untracked in silence.
+  let badTtlLogged = false
+  function ttlFor (req, res) {
+    const seconds = ttl(req ?? res.req, res)
+    if (seconds === undefined || seconds === null) return undefined
+    if (typeof seconds === 'number' && seconds >= 0 && seconds < Infinity) return seconds
+    if (!badTtlLogged) {
+      badTtlLogged = true
+      logError(`cf-invalidation-tracker: middleware ttl returned ${describe(seconds)}, not a number of seconds >= 0: ` +
+        'URLs it is given for are tracked without a TTL (until they are sent)')
+    }
+    return undefined
   }
   // A URL from the internet that cannot become a path is the client's junk, not our failure: not logged. A Tracker
   // makes no promise per request (its writer logs a write that fails, and retries it); another object's promise is
@@ -172,7 +191,7 @@ function middleware (tracker, options = {}) {
         return
       }
       if (forbidsSharedCache(cacheControl)) return
-      const seconds = typeof ttl === 'function' ? ttl(req ?? res.req, res) : ttl
+      const seconds = typeof ttl === 'function' ? ttlFor(req, res) : ttl
       track(url, seconds === null || seconds === 0 ? undefined : seconds)
     } catch (err) {
       report(err)
