@@ -155,6 +155,49 @@ describe('middleware', () => {
     }
   })
 
+  test('Cache-Control given to writeHead (object or flat array), with no setHeader before it, is seen', async () => {
+    // Each route's writeHead headers; Node's getHeader() does not return them, its header block holds them.
+    const routes = {
+      '/private': { 'Cache-Control': 'private, max-age=60' },
+      '/nostore': { 'cache-control': 'No-Store' },
+      '/array': ['Content-Type', 'text/plain', 'Cache-Control', 'no-store'],
+      '/array-twice': ['Cache-Control', 'public', 'cache-control', 'private'],
+      '/public': { 'Cache-Control': 'public, max-age=60' },
+      '/other-header': { 'X-Cache-Control': 'private', 'X-Note': 'no-store' },
+      '/none': {}
+    }
+    const want = ['/none', '/other-header', '/public']
+    const respond = (req, res) => {
+      res.writeHead(200, routes[req.url.replace(/^\/express/, '')])
+      res.end('hello')
+    }
+    const paths = Object.keys(routes).map((p) => ['GET', p])
+
+    const plainTracker = tracker()
+    const mw = plainTracker.middleware()
+    const plain = await listen((req, res) => mw(req, res, () => respond(req, res)))
+    // Express adds its X-Powered-By with setHeader, which makes writeHead's headers readable: without it they are not.
+    const expressTracker = tracker({ redis: { url: redis.url, prefix: 'express' } })
+    const app = require('express')()
+    app.disable('x-powered-by')
+    app.use(expressTracker.middleware())
+    app.get('/express/{*rest}', respond)
+    const express = await listen(app)
+    try {
+      assert.deepEqual(await hit(plain.url, paths), paths.map(() => 200))
+      assert.deepEqual(await hit(express.url, paths.map(([m, p]) => [m, '/express' + p])), paths.map(() => 200))
+      await assertTracked(plainTracker, want)
+      await assertTracked(expressTracker, want.map((p) => '/express' + p))
+      assert.deepEqual(await rawTracked(redis), want)
+      assert.deepEqual(await rawTracked(redis, 'express'), want.map((p) => '/express' + p))
+    } finally {
+      await plain.close()
+      await express.close()
+      await plainTracker.disconnect()
+      await expressTracker.disconnect()
+    }
+  })
+
   test('what it tracks reaches Redis by itself, with no flush() and no other call', async () => {
     const invl = tracker({ flushIntervalMs: 50 })
     const server = await listen(buildApp(require('express'), invl))

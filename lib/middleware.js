@@ -30,6 +30,23 @@ function forbidsSharedCache (value) {
   return UNCACHEABLE.test(lower)
 }
 
+// A Cache-Control line of a response's written header block (`res._header`, its status line first).
+const WRITTEN_CACHE_CONTROL = /\r\ncache-control[ \t]*:[ \t]*([^\r\n]*)/gi
+
+/**
+ * The Cache-Control a response's header block holds (its lines joined with ','), or undefined. `getHeader` does not
+ * return the headers `writeHead(status, headers)` wrote directly (no `setHeader` before it: a plain server, or Express
+ * with `x-powered-by` disabled): Node keeps them nowhere else once sent. Read only when `getHeader` found none.
+ */
+function writtenCacheControl (res) {
+  const head = res._header
+  if (typeof head !== 'string') return undefined
+  let value
+  WRITTEN_CACHE_CONTROL.lastIndex = 0
+  for (let m; (m = WRITTEN_CACHE_CONTROL.exec(head)) !== null;) value = value === undefined ? m[1] : `${value},${m[1]}`
+  return value
+}
+
 /** Marks a returned promise handled: a Tracker has logged its failure already; another object's is dropped. */
 function handled (result) {
   if (result && typeof result.catch === 'function') result.catch(() => {})
@@ -169,7 +186,7 @@ function middleware (tracker, options = {}) {
 
   /** Decides a Node server's response that has ended; `swept`: found ended by a sweep, some time since the last. */
   function decide (url, res, swept) {
-    done(url, null, res, getHeader.call(res, 'cache-control'), swept)
+    done(url, null, res, getHeader.call(res, 'cache-control') ?? writtenCacheControl(res), swept)
   }
 
   /**
@@ -219,7 +236,10 @@ function middleware (tracker, options = {}) {
 
   /** Another kind of response (a test double, say), or a tracker of another kind: decided on 'finish'. */
   function decideOnFinish (url, req, res) {
-    res.on('finish', () => done(url, req, res, typeof res.getHeader === 'function' ? res.getHeader('cache-control') : undefined))
+    res.on('finish', () => {
+      const cacheControl = typeof res.getHeader === 'function' ? res.getHeader('cache-control') ?? writtenCacheControl(res) : undefined
+      done(url, req, res, cacheControl)
+    })
   }
 
   /**
