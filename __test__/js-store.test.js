@@ -367,6 +367,10 @@ describe('store failures reject with the method named and leave the process aliv
     'set rejects': { async set () { throw new Error('disk full') } },
     'set rejects with nothing': { set () { return Promise.reject() } }, // eslint-disable-line prefer-promise-reject-errors
     'set throws a string': { set () { throw 'disk full' } }, // eslint-disable-line no-throw-literal
+    // connect() and isConnected() run before the method asked for, which the native side names.
+    'connect throws': { isConnected () { return false }, connect () { throw new Error('refused') } },
+    'connect rejects': { isConnected () { return false }, async connect () { throw new Error('refused') } },
+    'isConnected throws': { isConnected () { throw new Error('no socket') }, connect () {} },
     'getAllKeys throws': { getAllKeys () { throw new Error('boom') } },
     'getAllKeys rejects': { async getAllKeys () { throw new Error('boom') } },
     'getAllKeys calls back an error': { getAllKeys (cb) { setImmediate(() => cb(new Error('boom'))) } },
@@ -388,6 +392,9 @@ describe('store failures reject with the method named and leave the process aliv
     'set rejects': ['set', 'ERR_CFIT_STORE', /disk full/],
     'set rejects with nothing': ['set', 'ERR_CFIT_STORE', /threw or rejected with type undefined/],
     'set throws a string': ['set', 'ERR_CFIT_STORE', /threw or rejected with type string \("disk full"\)/],
+    'connect throws': ['connect', 'ERR_CFIT_STORE', /refused/],
+    'connect rejects': ['connect', 'ERR_CFIT_STORE', /refused/],
+    'isConnected throws': ['isConnected', 'ERR_CFIT_STORE', /no socket/],
     'getAllKeys throws': ['getAllKeys', 'ERR_CFIT_STORE', /boom/],
     'getAllKeys rejects': ['getAllKeys', 'ERR_CFIT_STORE', /boom/],
     'getAllKeys calls back an error': ['getAllKeys', 'ERR_CFIT_STORE', /boom/],
@@ -408,7 +415,7 @@ describe('store failures reject with the method named and leave the process aliv
       const invl = env.tracker({ cf: { dist }, store, storeTimeoutMs: 200 })
       const [method, code, detail] = expectations[name]
       await noUnhandledRejections(async () => {
-        if (method === 'set') {
+        if (method === 'set' || method === 'connect' || method === 'isConnected') {
           invl.storeUrl('/unawaited') // the original's usage: nobody awaits
           await assert.rejects(invl.storeUrl('/a'), (err) => {
             assert.equal(err.code, code)

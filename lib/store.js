@@ -97,11 +97,15 @@ function invoke (store, method, args) {
 function dispatcher (store) {
   const has = new Set(optionalMethods(store))
   let connecting = null
+  // The native side names the method it asked for ('set'): one called before it that fails is named in the message.
+  const first = (method) => invoke(store, method, []).catch((err) => {
+    throw new Error(`not called, as store method '${method}' failed: ${err.message}`)
+  })
   async function ensureConnected () {
     if (!has.has('isConnected') || !has.has('connect')) return
-    if (await invoke(store, 'isConnected', [])) return
+    if (await first('isConnected')) return
     // Calls in flight together share one connect().
-    if (!connecting) connecting = invoke(store, 'connect', []).finally(() => { connecting = null })
+    if (!connecting) connecting = first('connect').finally(() => { connecting = null })
     await connecting
   }
   return async function call ({ method, key, value }) {
