@@ -59,6 +59,30 @@ describe('options', () => {
     assert.deepEqual(warnings, [])
   })
 
+  it('warns when redis names no server (a REDIS_URL variable not set, {}), and uses localhost:6379', async () => {
+    const warnings = []
+    const logger = { info () {}, error () {}, warn: (m) => warnings.push(m) }
+    // The original README's example, with REDISTOGO_URL not set.
+    const unset = createTracker({ cf, redis: { REDIS_URL: process.env.CFIT_TEST_NOT_SET }, logger })
+    createTracker({ cf, redis: {}, logger })
+    createTracker({ cf, redis: { url: null, prefix: 'app' }, logger })
+    assert.deepEqual(warnings, [
+      'cf-invalidation-tracker: options.redis.REDIS_URL is undefined (an environment variable that is not set?), so Redis at localhost:6379 is used',
+      'cf-invalidation-tracker: options.redis names no server (no url, REDIS_URL, host or port), so Redis at localhost:6379 is used',
+      'cf-invalidation-tracker: options.redis.url is null (an environment variable that is not set?), so Redis at localhost:6379 is used'
+    ])
+    // Nobody listens there in the tests (a developer's Redis would answer).
+    await unset.listUrls().then(() => {}, (err) => assert.match(err.message, /^Redis store at redis:\/\/127\.0\.0\.1:6379: /))
+    await unset.disconnect().catch(() => {})
+    // redis: true is documented to fall back to localhost; a port, a Sentinel or a cluster's nodes name a server.
+    warnings.length = 0
+    createTracker({ cf, redis: true, logger })
+    createTracker({ cf, redis: { port: 6380 }, logger })
+    createTracker({ cf, redis: { sentinel: { name: 'm', nodes: ['redis://127.0.0.1:1'] } }, logger })
+    createTracker({ cf, redis: { cluster: ['redis://127.0.0.1:1'] }, logger })
+    assert.deepEqual(warnings, [])
+  })
+
   it('refuses options of the wrong type with Node codes', () => {
     const bad = [
       [{ cf: 'x', redis: true }, TypeError, 'ERR_INVALID_ARG_TYPE'],

@@ -218,6 +218,20 @@ function namesANode (redis) {
 }
 
 /**
+ * A warning when `redis` (an object) names no server, so that Redis at 127.0.0.1:6379 is used: the original README's
+ * `{ REDIS_URL: process.env.REDISTOGO_URL }` with the variable not set, or `{}`. Not refused: that example must keep
+ * working on a developer's machine. Undefined when it names one (a Sentinel or a cluster's nodes too).
+ */
+function noServerWarning (redis) {
+  if (namesANode(redis) || redis.sentinel || (Array.isArray(redis.cluster) && redis.cluster.length > 0)) return undefined
+  const given = ['REDIS_URL', 'url', 'hostname', 'host', 'port'].find((k) => k in redis)
+  const what = given === undefined
+    ? 'options.redis names no server (no url, REDIS_URL, host or port)'
+    : `options.redis.${given} is ${redis[given]} (an environment variable that is not set?)`
+  return `cf-invalidation-tracker: ${what}, so Redis at localhost:6379 is used`
+}
+
+/**
  * `redis.cluster`: true (the server `redis` names is a node of a Redis Cluster), or the URLs of nodes to learn the
  * cluster from (with the one `redis` names, if any). Returns undefined for no cluster, else the URLs (maybe none).
  */
@@ -382,6 +396,8 @@ function parseOptions (options, env = process.env) {
   }
   const warnings = [...unknownOptions(options, 'options'), ...unknownOptions(options.cf, 'options.cf')]
   if (native.store === 'redis' && isObject(redis)) {
+    const noServer = noServerWarning(redis)
+    if (noServer !== undefined) warnings.push(noServer)
     warnings.push(...unknownOptions(redis, 'options.redis'))
     for (const part of ['tls', 'sentinel']) {
       if (isObject(redis[part])) warnings.push(...unknownOptions(redis[part], `options.redis.${part}`))
