@@ -271,6 +271,30 @@ describe('the Redis store', () => {
     }
   })
 
+  it("the original's REDIS_URL with Redis To Go's or Heroku's user name authenticates with its password alone", async () => {
+    const secured = await startRedis({ password: 's3cret' })
+    const tracker = (redis) => createTracker({ cf: { dist: 'E' }, redis: { ...redis, prefix: 'rtg' }, logger: false })
+    const trackers = []
+    try {
+      for (const user of ['redistogo', 'h']) {
+        const invl = tracker({ REDIS_URL: `redis://${user}:s3cret@127.0.0.1:${secured.port}/` })
+        trackers.push(invl)
+        await invl.storeUrl(`/${user}`)
+      }
+      assert.deepEqual(await secured.client.command('ZRANGE', '{rtg}:urls', 0, -1), ['/h', '/redistogo'])
+      // Given as url, or as a string, a user name is an ACL user (Redis 6), which this server does not have.
+      const asUrl = tracker({ url: `redis://redistogo:s3cret@127.0.0.1:${secured.port}/` })
+      const asString = createTracker({ cf: { dist: 'E' }, redis: `redis://redistogo:s3cret@127.0.0.1:${secured.port}/`, logger: false })
+      trackers.push(asUrl, asString)
+      for (const invl of [asUrl, asString]) {
+        await assert.rejects(invl.listUrls(), (err) => err.code === 'ERR_CFIT_REDIS' && !err.message.includes('s3cret'))
+      }
+    } finally {
+      await Promise.all(trackers.map((t) => t.disconnect().catch(() => {})))
+      await secured.stop()
+    }
+  })
+
   it('recovers by itself after a Redis restart', async () => {
     const redis = await startRedis()
     try {

@@ -119,11 +119,12 @@ function redisUrl (redis, env) {
   optString(redis, 'password', 'options.redis')
   optString(redis, 'username', 'options.redis')
   const db = redisDb(redis)
-  const url = optString(redis, 'url', 'options.redis') ?? optString(redis, 'REDIS_URL', 'options.redis')
+  const asUrl = optString(redis, 'url', 'options.redis')
+  const url = asUrl ?? optString(redis, 'REDIS_URL', 'options.redis')
   if (url !== undefined) {
     if (!/^rediss?:\/\//.test(url)) throw argValue('options.redis.url', 'must be a redis:// or rediss:// URL', url)
     // `{ url, password, db }` (node-redis's form): the password and database go with a URL that has none of its own.
-    return withDb(withPassword(url, redis), db)
+    return withDb(withPassword(asUrl === undefined ? withoutUser(url) : url, redis), db)
   }
   const host = optString(redis, 'hostname', 'options.redis') ?? optString(redis, 'host', 'options.redis') ?? '127.0.0.1'
   const given = redis.port ?? 6379
@@ -135,6 +136,18 @@ function redisUrl (redis, env) {
   const auth = passwordAuth(redis)
   const h = host.includes(':') && !host.startsWith('[') ? `[${host}]` : host
   return withDb(`redis://${auth}${h}:${port}`, db)
+}
+
+/**
+ * The original's `REDIS_URL` without its user name: Redis To Go's `redis://redistogo:secret@host:port/` and Heroku's
+ * older `redis://h:secret@host:port` name a user the original's client never sent (it sent `AUTH secret`), which
+ * Redis 6 would take for an ACL user, and refuse.
+ */
+function withoutUser (url) {
+  const [, scheme, userinfo, rest] = url.match(/^(rediss?:\/\/)(?:([^/]*)@)?(.*)$/s)
+  if (userinfo === undefined) return url
+  const colon = userinfo.indexOf(':')
+  return colon === -1 ? `${scheme}${rest}` : `${scheme}${userinfo.slice(colon)}@${rest}`
 }
 
 /** `redis.db`: a database number (a number, or a string of digits), or undefined. */
