@@ -83,6 +83,22 @@ describe('options', () => {
     assert.deepEqual(warnings, [])
   })
 
+  it('points middleware options given to the tracker to middleware()', () => {
+    const warnings = []
+    const logger = { info () {}, error () {}, warn: (m) => warnings.push(m) }
+    createTracker({
+      cf, store: 'memory://', logger, onlyCloudfront: true, removeOn404: false, methods: ['GET'], statuses: [200], filter: () => true
+    })
+    const hint = (name) => ` (a middleware() option? give it as invl.middleware({ ${name} }))`
+    assert.deepEqual(warnings, [
+      'cf-invalidation-tracker: unknown option options.onlyCloudfront ignored' + hint('onlyCloudFront'),
+      'cf-invalidation-tracker: unknown option options.removeOn404 ignored' + hint('removeOn404'),
+      'cf-invalidation-tracker: unknown option options.methods ignored' + hint('methods'),
+      'cf-invalidation-tracker: unknown option options.statuses ignored' + hint('statuses'),
+      'cf-invalidation-tracker: unknown option options.filter ignored' + hint('filter')
+    ])
+  })
+
   it('refuses options of the wrong type with Node codes', () => {
     const bad = [
       [{ cf: 'x', redis: true }, TypeError, 'ERR_INVALID_ARG_TYPE'],

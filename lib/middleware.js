@@ -4,10 +4,9 @@
 
 const { ServerResponse, OutgoingMessage } = require('node:http')
 const { argType, argValue, describe } = require('./errors')
-const { MAX_URL_LENGTH, optBoolean, unknownOptions } = require('./options')
+const { MAX_URL_LENGTH, MIDDLEWARE_OPTIONS: OPTIONS, optBoolean, unknownOptions } = require('./options')
 
 const DEFAULT_METHODS = ['GET', 'HEAD']
-const OPTIONS = ['methods', 'statuses', 'ttl', 'filter', 'removeOn404', 'onlyCloudFront']
 const { getHeader } = OutgoingMessage.prototype
 const UNCACHEABLE = /(?:^|,)\s*(?:no-store|private)\s*(?:[=,]|$)/i
 

@@ -71,15 +71,22 @@ function knownOnly (object, where) {
 const OTHER_NAMES = { database: 'db', dbnumber: 'db', pass: 'password', user: 'username', distribution: 'dist',
   distributionid: 'dist' }
 
+// The options `middleware()` takes. Given to the tracker instead, each is pointed there.
+const MIDDLEWARE_OPTIONS = ['methods', 'statuses', 'ttl', 'filter', 'removeOn404', 'onlyCloudFront']
+
 /**
  * Warnings for the names in `object` that `where` does not take (`known`, or those listed for it), each with the
- * known name it most likely meant.
+ * known name it most likely meant; at the top level, a middleware option is pointed to `middleware()`.
  */
 function unknownOptions (object, where, known = KNOWN_OPTIONS[where]) {
   const squash = (name) => name.toLowerCase().replace(/[_-]/g, '')
   return Object.keys(object).filter((k) => !known.includes(k)).map((k) => {
     const meant = known.find((name) => squash(name) === squash(k) || name === OTHER_NAMES[squash(k)])
-    return `cf-invalidation-tracker: unknown option ${where}.${k} ignored` + (meant ? ` (did you mean ${meant}?)` : '')
+    const forMiddleware = where === 'options' && !meant && MIDDLEWARE_OPTIONS.find((name) => squash(name) === squash(k))
+    const hint = meant
+      ? ` (did you mean ${meant}?)`
+      : forMiddleware ? ` (a middleware() option? give it as invl.middleware({ ${forMiddleware} }))` : ''
+    return `cf-invalidation-tracker: unknown option ${where}.${k} ignored${hint}`
   })
 }
 
@@ -419,4 +426,6 @@ function parseOptions (options, env = process.env) {
   return { native, logger: parseLogger(options.logger), dispatch, warnings }
 }
 
-module.exports = { parseOptions, redisUrl, optBoolean, unknownOptions, knownOnly, KNOWN_OPTIONS, MISSING_CF, MAX_URL_LENGTH }
+module.exports = {
+  parseOptions, redisUrl, optBoolean, unknownOptions, knownOnly, KNOWN_OPTIONS, MIDDLEWARE_OPTIONS, MISSING_CF, MAX_URL_LENGTH
+}
