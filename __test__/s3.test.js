@@ -262,6 +262,32 @@ describe('invalidateS3Event and findDistributionByOrigin (moto)', () => {
     }
   })
 
+  test('a misspelt dryRun or wait is refused before anything is looked up or sent; other unknown names are warned of', async () => {
+    const fake = await startFakeCloudFront({ distributions: [{ id: 'ES3MISSPELT', originDomain: 'misspelt-bucket.s3.amazonaws.com' }] })
+    try {
+      const event = { Records: [record('misspelt-bucket', 'a.jpg')] }
+      for (const [name, meant] of [['dryrun', 'dryRun'], ['dry_run', 'dryRun'], ['DryRun', 'dryRun'], ['dryRUN', 'dryRun'],
+        ['dry-run', 'dryRun'], ['waitt', 'wait'], ['Wait', 'wait']]) {
+        for (const cf of [{ endpoint: fake.endpoint }, { endpoint: fake.endpoint, dist: 'ES3MISSPELT' }]) {
+          await assert.rejects(invalidateS3Event(event, { cf, logger: false, [name]: true }), (err) => {
+            assert.equal(err.code, 'ERR_INVALID_ARG_VALUE')
+            assert.match(err.message, new RegExp(`has no option ${name} \\(did you mean ${meant}\\?`))
+            return true
+          })
+        }
+      }
+      assert.deepEqual(fake.requests, [])
+      // Another unknown name is warned of, and the send goes on.
+      const warnings = []
+      const logger = { info () {}, error () {}, warn: (m) => warnings.push(m) }
+      const [report] = await invalidateS3Event(event, { cf: { endpoint: fake.endpoint }, logger, dryRun: true, retries: 3 })
+      assert.deepEqual(report.batches.flatMap((b) => b.paths), ['/a.jpg'])
+      assert.deepEqual(warnings, ['cf-invalidation-tracker: unknown option options.retries ignored'])
+    } finally {
+      await fake.stop()
+    }
+  })
+
   test('a failed send rejects with the CloudFront error and every report', async () => {
     const event = { Records: [record('mybucket', 'z.jpg')] }
     await assert.rejects(invalidateS3Event(event, { cf: { ...cf(), dist: 'NOSUCHDIST' }, logger: false }), (err) => {

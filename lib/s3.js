@@ -14,6 +14,37 @@ const LOOKUP_DIST = 'LOOKUP'
 /** The names `invalidateS3Event` takes besides the tracker's. */
 const S3_OPTIONS = ['wait', 'dryRun', 'originPath']
 
+/** The options a misspelling of which could make a real, billed send (or one that does not wait) instead. */
+const SEND_OPTIONS = ['dryRun', 'wait']
+
+/** The edit distance (insertions, deletions, substitutions, swaps of neighbours) between `a` and `b`. */
+function editDistance (a, b) {
+  const d = Array.from({ length: a.length + 1 }, (_, i) => [i, ...Array(b.length).fill(0)])
+  for (let j = 1; j <= b.length; j++) d[0][j] = j
+  for (let i = 1; i <= a.length; i++) {
+    for (let j = 1; j <= b.length; j++) {
+      const cost = a[i - 1] === b[j - 1] ? 0 : 1
+      d[i][j] = Math.min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost)
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) d[i][j] = Math.min(d[i][j], d[i - 2][j - 2] + 1)
+    }
+  }
+  return d[a.length][b.length]
+}
+
+/**
+ * Refuses an unknown option name that most likely means `dryRun` or `wait` (`dry_run`, `dryrun`, `DryRun`, `waitt`):
+ * warned of and ignored like other unknown names, `dryrun: true` would send for real. The name, with case, `_` and
+ * `-` ignored, is at most one edit from `wait` or two from `dryrun`.
+ */
+function refuseMisspeltSendOptions (options, known) {
+  const squash = (name) => name.toLowerCase().replace(/[_-]/g, '')
+  for (const k of Object.keys(options)) {
+    if (known.includes(k)) continue
+    const meant = SEND_OPTIONS.find((name) => editDistance(squash(k), squash(name)) <= (name === 'wait' ? 1 : 2))
+    if (meant) throw argValue('options', `has no option ${k} (did you mean ${meant}? it is refused, not ignored, so that it never sends for real)`, options)
+  }
+}
+
 /** Options not passed on to the trackers that send: S3's own, and those the sends set themselves. */
 const OPTION_KEYS_NOT_PASSED = new Set(['cf', 'logger', 'store', 'redis', '_claimName', ...S3_OPTIONS])
 
@@ -279,6 +310,7 @@ async function checkedTrackerOptions (options, cf) {
 async function invalidateS3Event (event, options) {
   if (!isObject(event)) throw argType('event', 'of type object', event)
   const cf = checkCf(options)
+  refuseMisspeltSendOptions(options, [...KNOWN_OPTIONS.options, ...S3_OPTIONS])
   const { logger } = options
   const wait = optBoolean(options, 'wait', false)
   const dryRun = optBoolean(options, 'dryRun', false)
