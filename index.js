@@ -345,8 +345,16 @@ class Tracker {
     })
   }
 
-  /** Stops tracking a URL (the original's 404-handler call). */
-  removeUrl (url) {
+  /**
+   * Stops tracking a URL (the original's 404-handler call). A second argument is refused: `{ wildcard: true }` would
+   * otherwise resolve with the wildcard still tracked (the native remove normalises its URL, which encodes every '*',
+   * so it cannot name a tracked wildcard).
+   */
+  removeUrl (url, options) {
+    if (options !== undefined) {
+      return this._settle('removeUrl', Promise.reject(argType('options', 'undefined: removeUrl(url) takes no options, and ' +
+        'cannot stop tracking a wildcard tracked with storeUrl(prefix, { wildcard: true })', options)))
+    }
     return this._removal(url)
   }
 
