@@ -225,8 +225,8 @@ declare namespace createTracker {
     storeUrl(url: string, ttlInSec?: number | { ttl?: number; wildcard?: boolean }): Promise<void>
     /** Changes how long a tracked URL stays tracked (0: until sent); in order with storeUrl, resolves once written. */
     setUrlTTL(url: string, ttlInSec: number): Promise<void>
-    /** Stops tracking a URL; in order with storeUrl, resolves once written. */
-    removeUrl(url: string): Promise<void>
+    /** Stops tracking a URL (`{ wildcard: true }`: a wildcard storeUrl tracked); in order with storeUrl, resolves once written. */
+    removeUrl(url: string, options?: { wildcard?: boolean }): Promise<void>
     /**
      * What the next send will invalidate, sorted: tracked URLs and flood-guard wildcards (before the send adds a
      * directory's other forms or `?*`, or collapses them: a dry run's batches give the exact paths).

@@ -66,6 +66,17 @@ function checkCallOptions (options) {
   if (unknown.length > 0) throw argValue('options', `has no option ${unknown.join(', ')} (it takes ttl and wildcard)`, options)
 }
 
+/** The `wildcard` of removeUrl's options, which take nothing else. */
+function removeOptions (options) {
+  const proto = options === null || typeof options !== 'object' ? undefined : Object.getPrototypeOf(options)
+  if (Array.isArray(options) || (proto !== Object.prototype && proto !== null)) {
+    throw argType('options', 'an object { wildcard }', options)
+  }
+  const unknown = Object.keys(options).filter((k) => k !== 'wildcard')
+  if (unknown.length > 0) throw argValue('options', `has no option ${unknown.join(', ')} (it takes wildcard)`, options)
+  return optBoolean(options, 'wildcard', false, 'options')
+}
+
 /**
  * Tracks the URLs a server serves and invalidates them on CloudFront. Every method returns a Promise; one nobody
  * awaits never becomes an unhandled rejection: its failure goes to the logger.
@@ -346,16 +357,16 @@ class Tracker {
   }
 
   /**
-   * Stops tracking a URL (the original's 404-handler call). A second argument is refused: `{ wildcard: true }` would
-   * otherwise resolve with the wildcard still tracked (the native remove normalises its URL, which encodes every '*',
-   * so it cannot name a tracked wildcard).
+   * Stops tracking a URL (the original's 404-handler call); `removeUrl(prefix, { wildcard: true })`, the wildcard
+   * `storeUrl(prefix, { wildcard: true })` tracks. Any other second argument is refused.
    */
   removeUrl (url, options) {
-    if (options !== undefined) {
-      return this._settle('removeUrl', Promise.reject(argType('options', 'undefined: removeUrl(url) takes no options, and ' +
-        'cannot stop tracking a wildcard tracked with storeUrl(prefix, { wildcard: true })', options)))
-    }
-    return this._removal(url)
+    if (options === undefined) return this._removal(url)
+    return this._buffered('removeUrl', () => {
+      checkUrl(url)
+      const wildcard = removeOptions(options)
+      return this._native.remove(url, wildcard)
+    })
   }
 
   /**

@@ -84,6 +84,17 @@ for (const [kind, storeOptions] of Object.entries(kinds)) {
       assert.deepEqual(await tracker.listUrls(), ['/kept'])
     })
 
+    it('a wildcard asked for is tracked, listed and untracked as one', async () => {
+      const { tracker } = await fresh()
+      await tracker.storeUrl('/css/', { wildcard: true })
+      await tracker.storeUrl('/css/a.css')
+      assert.deepEqual(await tracker.listUrls(), ['/css/*', '/css/a.css'])
+      await tracker.removeUrl('/css/*') // a URL: its '*' is no wildcard
+      assert.deepEqual(await tracker.listUrls(), ['/css/*', '/css/a.css'])
+      await tracker.removeUrl('/css/', { wildcard: true })
+      assert.deepEqual(await tracker.listUrls(), ['/css/a.css'])
+    })
+
     it('an empty store sends nothing', async () => {
       const { tracker, dist } = await fresh()
       const report = await tracker.sendInvalidation()

@@ -513,10 +513,10 @@ impl NativeTracker {
         guarded_sync(|| self.inner.set_ttl(&url, ttl_in_sec)).map(|w| w as i64)
     }
 
-    /// Stops tracking a URL, in order with the other calls; returns the write window.
+    /// Stops tracking a URL (or a wildcard `track` made), in order with the other calls; returns the write window.
     #[napi]
-    pub fn remove(&self, url: String) -> napi::Result<i64> {
-        guarded_sync(|| self.inner.remove(&url)).map(|w| w as i64)
+    pub fn remove(&self, url: String, wildcard: Option<bool>) -> napi::Result<i64> {
+        guarded_sync(|| self.inner.remove(&url, wildcard.unwrap_or(false))).map(|w| w as i64)
     }
 
     /// Every URL the next send will invalidate.

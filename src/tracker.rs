@@ -367,9 +367,14 @@ impl Tracker {
         Ok(self.buffered(|b| b.set_expiry(path, expires_at)))
     }
 
-    /// Stops tracking a URL, in order with the other calls. Returns the write window that removes it from the store.
-    pub fn remove(self: &Arc<Self>, url: &str) -> Result<u64> {
-        let path = self.normalize(url)?;
+    /// Stops tracking a URL (or, with `wildcard`, the wildcard `track` made of that prefix), in order with the other
+    /// calls. Returns the write window that removes it from the store.
+    pub fn remove(self: &Arc<Self>, url: &str, wildcard: bool) -> Result<u64> {
+        let path = if wildcard {
+            paths::wildcard(url, &self.config.send.rules)?
+        } else {
+            self.normalize(url)?
+        };
         Ok(self.buffered(|b| b.remove(path)))
     }
 

@@ -20,6 +20,7 @@ async function main (): Promise<void> {
   await invl.storeUrl('/images/', { wildcard: true })
   await invl.setUrlTTL('/a.html', 0)
   await invl.removeUrl('/b.html')
+  await invl.removeUrl('/css/', { wildcard: true })
   const urls: string[] = await memory.listUrls()
   const report = await invl.sendInvalidation({ wait: true })
   const rejected: string[] = report.rejected
