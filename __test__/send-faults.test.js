@@ -214,6 +214,24 @@ describe("CloudFront's limits", () => {
     assert.equal(cf.invalidations(DIST).length, 2)
   })
 
+  it('of a split batch resumed after one part was made, a URL served again is sent again only if its part was made before', async () => {
+    const { tracker } = await tracked(100)
+    cf.fail('batchTooLarge')
+    cf.fail('accessDenied', { after: 1 }) // the first half (/item/00000…49) is made, the second refused
+    await assert.rejects(tracker.sendInvalidation(), { code: 'ERR_CFIT_CLOUDFRONT' })
+    await sleep(1100) // the failed send's lease runs out
+    // Served again: a URL of the half made before, and one of the half not made yet.
+    await Promise.all(['/item/00000', '/item/00099'].map((u) => tracker.storeUrl(u)))
+    const servedAgain = Date.now()
+    cf.fail('batchTooLarge') // split the same way: the first half is given back, the second made now
+    await tracker.sendInvalidation()
+    const since = cf.invalidations(DIST).filter((i) => i.createTime.getTime() >= servedAgain).flatMap((i) => i.paths)
+    assert.ok(since.includes('/item/00099'), 'its half was made after it was served again')
+    assert.deepEqual(since.filter((p) => p === '/item/00000' || p === '/item/00099').sort(), ['/item/00000', '/item/00099'],
+      'each once: /item/00000 again on its own, /item/00099 in its half only')
+    assert.deepEqual(await tracker.listUrls(), [])
+  })
+
   it('a deadline that passes keeps the rest for later', async () => {
     const { tracker, urls } = await tracked(10, { sendTimeoutMs: 400 })
     cf.fail('tooMany', { times: 1000 })

@@ -388,11 +388,12 @@ enum BatchOutcome {
     /// CloudFront accepted the batch: `(invalidation id, CallerReference)` of each request (several when it was
     /// split), the paths it refused as invalid, dropped so they cannot block the rest forever, and how many of its
     /// paths CloudFront answered with an invalidation made before this send (an earlier try had reached it, and was
-    /// billed then).
+    /// billed then); when the batch was split and only some parts were made before, the paths of those made now.
     Accepted {
         created: Vec<(String, String)>,
         refused: Vec<String>,
         made_before: usize,
+        parts_made_now: Vec<String>,
     },
     /// Not accepted: the batch stays tracked for a later send. When it had been split, the `(invalidation id,
     /// CallerReference)` of the parts CloudFront accepted before the failure (sent again, they get these back).
@@ -485,6 +486,7 @@ impl Sender<'_> {
         let mut pending: Vec<(String, Vec<String>)> = vec![(index.to_string(), paths.to_vec())];
         let mut accepted = Vec::new();
         let mut made_before = 0;
+        let mut parts_made_now = Vec::new();
         // Paths CloudFront refused one by one (InvalidArgument): dropped, so that they cannot hold back the rest.
         let mut refused = Vec::new();
         let mut backoff = Duration::from_millis(200);
@@ -507,6 +509,8 @@ impl Sender<'_> {
                         }
                         if made_earlier(created.create_time, self.began) {
                             made_before += chunk.len();
+                        } else if chunk.len() < paths.len() {
+                            parts_made_now.extend(chunk.iter().cloned());
                         }
                         accepted.push((created.id, reference.clone()));
                         backoff = Duration::from_millis(200);
@@ -574,6 +578,11 @@ impl Sender<'_> {
             created: accepted,
             refused,
             made_before,
+            parts_made_now: if made_before == 0 {
+                Vec::new()
+            } else {
+                parts_made_now
+            },
         }
     }
 
@@ -663,10 +672,15 @@ impl Sender<'_> {
                         created,
                         refused: rejected,
                         made_before,
+                        parts_made_now,
                     } => {
-                        if let (Some(seen), 0) = (older.as_mut(), made_before) {
-                            if first_undone == Some(index) {
+                        if let (Some(seen), true) = (older.as_mut(), first_undone == Some(index)) {
+                            if made_before == 0 {
                                 seen.extend(batch.covered().iter().cloned());
+                            } else if batch.covers.is_none() {
+                                // Split, and some parts made before: the parts made now cover their paths, which
+                                // are the URLs themselves.
+                                seen.extend(parts_made_now);
                             }
                         }
                         let sent = batch.paths.len() - rejected.len();
