@@ -565,6 +565,9 @@ mod tests {
         ) -> Result<Vec<PlannedBatch>> {
             self.inner.save_plan(claim_id, plan).await
         }
+        async fn batch_split(&self, claim_id: &str, label: &str) -> Result<()> {
+            self.inner.batch_split(claim_id, label).await
+        }
         async fn batch_done(
             &self,
             claim_id: &str,

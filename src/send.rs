@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::paths::{self, PathRules, QueryStrings};
 use crate::store::{Claim, PlannedBatch, Store};
 use sha2::{Digest, Sha256};
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -475,12 +475,13 @@ impl Sender<'_> {
         }
     }
 
-    /// Sends one planned batch, splitting it if CloudFront says it is too large.
+    /// Sends one planned batch, splitting it if CloudFront says it is too large (or refuses a path of it); `splits`,
+    /// the labels of the batch and parts an earlier sender split, are sent as their halves at once.
     async fn send_batch(
         &mut self,
         claim_id: &str,
-        index: usize,
-        paths: &[String],
+        (index, paths): (usize, &[String]),
+        splits: &BTreeSet<String>,
         retries: &mut u32,
     ) -> BatchOutcome {
         let mut pending: Vec<(String, Vec<String>)> = vec![(index.to_string(), paths.to_vec())];
@@ -492,7 +493,13 @@ impl Sender<'_> {
         let mut backoff = Duration::from_millis(200);
         let mut transient = 0;
         while let Some((label, chunk)) = pending.pop() {
+            if chunk.len() > 1 && splits.contains(&label) {
+                // Sent whole, it would not get back a part CloudFront made: a new invalidation, billed again.
+                split(&mut pending, &label, &chunk);
+                continue;
+            }
             let reference = caller_reference(self.cf.dist(), claim_id, &label, &chunk);
+            let mut halve = false;
             loop {
                 match self.wait_for_room(&chunk, retries).await {
                     Ok(true) => {}
@@ -520,15 +527,15 @@ impl Sender<'_> {
                     Err(CfFailure::BatchTooLarge(_)) if chunk.len() > 1 => {
                         self.log
                             .info(&format!("Batch too large: splitting {} paths", chunk.len()));
-                        split(&mut pending, &label, &chunk);
+                        halve = true;
                         break;
                     }
                     Err(CfFailure::Fatal { code, .. }) if code == "InvalidArgument" => {
                         if chunk.len() > 1 {
                             // One path CloudFront will not take must not hold back the others: found by halves.
-                            split(&mut pending, &label, &chunk);
+                            halve = true;
                         } else {
-                            refused.extend(chunk);
+                            refused.extend(chunk.iter().cloned());
                         }
                         break;
                     }
@@ -567,6 +574,13 @@ impl Sender<'_> {
                 };
                 self.pause(pause).await;
                 backoff = (backoff * 2).min(Duration::from_secs(20));
+            }
+            if halve {
+                // Recorded before either half is sent: a retry (of this send, or after a crash) sends the halves.
+                if let Err(e) = self.store.batch_split(claim_id, &label).await {
+                    return BatchOutcome::Kept(e, accepted);
+                }
+                split(&mut pending, &label, &chunk);
             }
         }
         for path in &refused {
@@ -620,6 +634,7 @@ impl Sender<'_> {
             overflow,
             plan: saved,
             done,
+            splits,
         } = claim;
         report.overflow.extend(overflow.iter().cloned());
         let planned = match saved {
@@ -665,7 +680,7 @@ impl Sender<'_> {
                     batch.paths.len()
                 ));
                 match self
-                    .send_batch(&id, index, &batch.paths, &mut entry.retries)
+                    .send_batch(&id, (index, &batch.paths), &splits, &mut entry.retries)
                     .await
                 {
                     BatchOutcome::Accepted {

@@ -143,6 +143,7 @@ struct JsClaim {
     overflow: Vec<String>,
     plan: Option<Vec<PlannedBatch>>,
     done: BTreeSet<usize>,
+    splits: BTreeSet<String>,
     leased: bool,
     /// URLs of the claim stored again since it was made (or last resumed): not deleted when their batch is accepted,
     /// and, once no send holds the claim, taken by the next new claim too (the send leaves them out of it where its
@@ -569,6 +570,7 @@ impl Store for JsStore {
                     overflow: c.overflow.clone(),
                     plan: c.plan.clone(),
                     done: c.done.clone(),
+                    splits: c.splits.clone(),
                 });
             }
         }
@@ -600,6 +602,7 @@ impl Store for JsStore {
                 overflow: overflow.clone(),
                 plan: None,
                 done: BTreeSet::new(),
+                splits: BTreeSet::new(),
             });
             state.claims.insert(
                 id,
@@ -624,6 +627,13 @@ impl Store for JsStore {
             Some(c) => Ok(c.plan.get_or_insert(plan).clone()),
             None => Ok(plan),
         }
+    }
+
+    async fn batch_split(&self, claim_id: &str, label: &str) -> Result<()> {
+        if let Some(c) = self.lock().claims.get_mut(claim_id) {
+            c.splits.insert(label.to_owned());
+        }
+        Ok(())
     }
 
     async fn batch_done(

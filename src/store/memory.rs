@@ -17,6 +17,7 @@ struct MemClaim {
     overflow: BTreeSet<String>,
     plan: Option<Vec<PlannedBatch>>,
     done: BTreeSet<usize>,
+    splits: BTreeSet<String>,
     lease_until: u64,
 }
 
@@ -167,6 +168,7 @@ impl Store for MemoryStore {
                     overflow: c.overflow.iter().cloned().collect(),
                     plan: c.plan.clone(),
                     done: c.done.clone(),
+                    splits: c.splits.clone(),
                 });
             }
         }
@@ -185,6 +187,7 @@ impl Store for MemoryStore {
                 overflow: overflow.iter().cloned().collect(),
                 plan: None,
                 done: BTreeSet::new(),
+                splits: BTreeSet::new(),
             });
             state.claims.insert(
                 id,
@@ -193,6 +196,7 @@ impl Store for MemoryStore {
                     overflow,
                     plan: None,
                     done: BTreeSet::new(),
+                    splits: BTreeSet::new(),
                     lease_until: now + lease_ms,
                 },
             );
@@ -209,6 +213,13 @@ impl Store for MemoryStore {
             Some(c) => Ok(c.plan.get_or_insert(plan).clone()),
             None => Ok(plan),
         }
+    }
+
+    async fn batch_split(&self, claim_id: &str, label: &str) -> Result<()> {
+        if let Some(c) = self.lock().claims.get_mut(claim_id) {
+            c.splits.insert(label.to_owned());
+        }
+        Ok(())
     }
 
     async fn batch_done(

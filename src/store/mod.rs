@@ -71,6 +71,9 @@ pub struct Claim {
     pub plan: Option<Vec<PlannedBatch>>,
     /// Indices of planned batches CloudFront already accepted.
     pub done: BTreeSet<usize>,
+    /// Labels of batches (`2`) and parts of batches (`2.1`) a sender split: sent again, they are sent as their parts,
+    /// under the same CallerReferences, so a part CloudFront made is got back rather than billed again in the whole.
+    pub splits: BTreeSet<String>,
 }
 
 /// What `put` did.
@@ -122,6 +125,10 @@ pub trait Store: Send + Sync + 'static {
     /// force is returned, so every sender of a claim sends the same batches.
     async fn save_plan(&self, claim_id: &str, plan: Vec<PlannedBatch>)
         -> Result<Vec<PlannedBatch>>;
+
+    /// Record that a batch (`label`: its index) or a part of one (`2.1`) of a claim was split, before its halves are
+    /// sent.
+    async fn batch_split(&self, claim_id: &str, label: &str) -> Result<()>;
 
     /// Record that CloudFront accepted batch `index` of a claim, and count `billed` paths (those it did not refuse) in
     /// this month's bill.

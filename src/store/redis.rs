@@ -665,6 +665,19 @@ return 1
     )
 });
 
+// KEYS: claims, claim done. ARGV: id, split mark. Records a split in a claim that still exists.
+static BATCH_SPLIT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then redis.call('SADD', KEYS[2], ARGV[2]) end
+return 0
+"#,
+    )
+});
+
+/// How a split is marked in a claim's set of done batches (whose other members are indices).
+const SPLIT_MARK: &str = "s:";
+
 // KEYS: claims, urls, overflow, claim urls, claim overflow, claim plan, claim done. ARGV: id, most wildcards, lease.
 // Tracks a claim's URLs and wildcards again (a URL tracked meanwhile keeps the later expiry; the wildcards within their
 // bound, as PUT_OVERFLOW keeps it) and drops the claim, unless it has a plan: then it is released. Does nothing unless
@@ -1006,7 +1019,17 @@ impl RedisStore {
         let urls = self.read_zset(con, &self.keys.claim(id, "urls")).await?;
         let overflow: Vec<String> = con.smembers(self.keys.claim(id, "overflow")).await?;
         let plan = self.read_plan(con, id).await?;
-        let done: Vec<usize> = con.smembers(self.keys.claim(id, "done")).await?;
+        // The indices of the batches done, and the labels of the batches and parts split, marked `s:`.
+        let marks: Vec<String> = con.smembers(self.keys.claim(id, "done")).await?;
+        let (mut done, mut splits) = (BTreeSet::new(), BTreeSet::new());
+        for mark in marks {
+            match mark.strip_prefix(SPLIT_MARK) {
+                Some(label) => splits.insert(label.to_owned()),
+                None => done.insert(mark.parse().map_err(|_| {
+                    Error::Internal(format!("claim {id}: a done batch reads {mark:?}"))
+                })?),
+            };
+        }
         let plan = (!plan.is_empty()).then_some(plan);
         Ok(Claim {
             id: id.to_owned(),
@@ -1014,7 +1037,8 @@ impl RedisStore {
             urls,
             overflow,
             plan,
-            done: done.into_iter().collect(),
+            done,
+            splits,
         })
     }
 }
@@ -1270,6 +1294,21 @@ impl Store for RedisStore {
                 -1 => Ok(Vec::new()),
                 _ => self.read_plan(&mut con, claim_id).await,
             }
+        })
+        .await
+    }
+
+    async fn batch_split(&self, claim_id: &str, label: &str) -> Result<()> {
+        self.located(async {
+            let mut con = self.conn().await?;
+            BATCH_SPLIT
+                .key(&self.keys.claims)
+                .key(self.keys.claim(claim_id, "done"))
+                .arg(claim_id)
+                .arg(format!("{SPLIT_MARK}{label}"))
+                .invoke_async::<i64>(&mut con)
+                .await?;
+            Ok(())
         })
         .await
     }
