@@ -7,6 +7,7 @@
 const { describe, it, before, after, beforeEach } = require('node:test')
 const assert = require('node:assert/strict')
 const path = require('node:path')
+const net = require('node:net')
 const { spawn } = require('node:child_process')
 const createTracker = require('..')
 const { startRedis, useAwsTestEnv } = require('./helpers/services')
@@ -75,6 +76,39 @@ function assertDeliveredOnce (urls) {
   assert.equal(new Set(refs).size, refs.length, 'no CallerReference made two invalidations')
 }
 
+/** A proxy to Redis that, once armed, lets the next lease renewal run and drops the connection before its answer. */
+async function lossyProxy (port) {
+  const state = { armed: false, dropped: 0 }
+  // The renewal script: EVALSHA, its hash, 2 keys and 3 arguments.
+  const RENEW = /^\*8\r\n\$(?:7\r\nEVALSHA|4\r\nEVAL)\r\n/i
+  const server = net.createServer((client) => {
+    const upstream = net.connect(port, '127.0.0.1')
+    let dropAnswer = false
+    client.on('data', (d) => {
+      if (state.armed && RENEW.test(d.toString('latin1')) && d.includes(':claims\r\n')) dropAnswer = true
+      upstream.write(d)
+    })
+    upstream.on('data', (d) => {
+      if (dropAnswer && d[0] === 0x3a) { // ':', an integer: the script ran
+        state.armed = false
+        state.dropped++
+        client.destroy()
+        upstream.destroy()
+        return
+      }
+      client.write(d)
+    })
+    client.on('error', () => upstream.destroy())
+    upstream.on('error', () => client.destroy())
+    client.on('close', () => upstream.destroy())
+    upstream.on('close', () => client.destroy())
+  })
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve))
+  state.url = `redis://127.0.0.1:${server.address().port}`
+  state.close = () => new Promise((resolve) => server.close(resolve))
+  return state
+}
+
 function creates () {
   return cf.requests.filter((r) => r.op === 'CreateInvalidation')
 }
@@ -100,6 +134,20 @@ describe('retries', () => {
     assert.equal(cf.invalidations(DIST).length, 1)
     assert.equal(report.batches[0].id, cf.invalidations(DIST)[0].id)
     assertDeliveredOnce(urls)
+  })
+
+  it('failures to list invalidations that are not in a row do not end a send waiting for room', async () => {
+    await useCloudFront({ inProgressMs: 20000 })
+    const cfOpts = { dist: DIST, endpoint: cf.endpoint }
+    const other = createTracker({ ...options(), cf: cfOpts, store: 'memory://', redis: undefined })
+    await Promise.all(Array.from({ length: 15 }, (_, i) => other.storeUrl(`/other${i}/`, { wildcard: true })))
+    await other.sendInvalidation() // 15 wildcards in progress, CloudFront's most, for 20 s
+    const tracker = createTracker(options({ cf: cfOpts, sendTimeoutMs: 60000 }))
+    await tracker.storeUrl('/mine/', { wildcard: true })
+    // 8 listings that fail (every attempt of the SDK's), each after 3 that work
+    for (let i = 0; i < 8; i++) cf.fail(503, { op: 'ListInvalidations', times: 3, after: 3 })
+    await tracker.sendInvalidation()
+    assert.ok(cf.invalidations(DIST).some((i) => i.paths.includes('/mine/*')))
   })
 
   it('a CloudFront that keeps failing ends the send after 8 tries in a row, not at its deadline; nothing is lost', async () => {
@@ -483,6 +531,35 @@ describe('failures part-way', () => {
     assert.deepEqual([...cf.pathsReceived(DIST)].sort(), ['/k', '/n1', '/n2'])
     assert.equal(reportY.billedPaths + reportZ.billedPaths, 3)
     assert.deepEqual(await tracker.listUrls(), [])
+  })
+
+  it('a renewal whose answer was lost does not cost the sender its claim: no other sender resumes it meanwhile', async () => {
+    const proxy = await lossyProxy(Number(new URL(redis.url).port))
+    try {
+      const opts = options({ leaseMs: 1500 }) // renewed every 500 ms
+      const claimsKey = `{${opts.redis.prefix}}:claims`
+      const a = createTracker({ ...opts, redis: { ...opts.redis, url: proxy.url } })
+      await a.storeUrl('/r')
+      await a.flush()
+      cf.fail('slow', { delayMs: 6000 }) // A waits 6 s for CloudFront's answer
+      const sendingA = a.sendInvalidation()
+      for (let i = 0; i < 400 && creates().length < 1; i++) await sleep(10)
+      assert.equal(creates().length, 1, 'A sent its batch')
+      proxy.armed = true
+      for (let i = 0; i < 300 && proxy.dropped === 0; i++) await sleep(10)
+      assert.equal(proxy.dropped, 1, "a renewal's answer was lost")
+      await sleep(2500) // past the lease that renewal gave
+      const [id] = await redis.client.command('ZRANGE', claimsKey, '0', '-1')
+      const leftMs = Number(await redis.client.command('ZSCORE', claimsKey, id)) - Date.now()
+      const reportB = await createTracker(options({ redis: opts.redis })).sendInvalidation()
+      const reportA = await sendingA
+      assert.ok(leftMs > 0, "A's lease stands")
+      assert.equal(reportB.resumed, 0)
+      assert.equal(creates().filter((r) => r.paths.includes('/r')).length, 1)
+      assert.equal(reportA.billedPaths + reportB.billedPaths, 1)
+    } finally {
+      await proxy.close()
+    }
   })
 
   it('a sender keeps the leases of every claim it holds while it waits on one: no other sender takes them, nothing is billed twice', async () => {

@@ -441,6 +441,7 @@ impl Sender<'_> {
                     return Ok(true);
                 }
                 Ok(ip) => {
+                    transient = 0;
                     self.log.info(&format!(
                         "Waiting for CloudFront: {} paths and {} wildcards in progress",
                         ip.paths, ip.wildcards

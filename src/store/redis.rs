@@ -4,6 +4,7 @@
 //! - `{cfit}:urls` — sorted set of tracked paths, scored by expiry (Unix ms, `+inf` for none);
 //! - `{cfit}:overflow` — set of flood-guard wildcards;
 //! - `{cfit}:claims` — sorted set of claim ids, scored by lease deadline;
+//! - `{cfit}:holders` — hash of claim id to the store (a random id per store object) that made or last resumed it;
 //! - `{cfit}:claim:<id>:urls|overflow|plan|done` — one claim: its URLs, wildcards, saved plan and accepted batches;
 //! - `{cfit}:billed:<YYYY-MM>` — paths billed this month.
 //!
@@ -18,7 +19,7 @@ use crate::error::{Error, Result};
 use async_trait::async_trait;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, IntoConnectionInfo, Script};
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::Duration;
@@ -463,6 +464,7 @@ struct Keys {
     urls: String,
     overflow: String,
     claims: String,
+    holders: String,
     gen: String,
     base: String,
 }
@@ -487,6 +489,7 @@ impl Keys {
             urls: format!("{base}:urls"),
             overflow: format!("{base}:overflow"),
             claims: format!("{base}:claims"),
+            holders: format!("{base}:holders"),
             gen: format!("{base}:gen"),
             base,
         }
@@ -597,9 +600,6 @@ return changed
     )
 });
 
-/// The lease of a claim another sender took over: no lease in Redis equals it.
-const LOST: u64 = u64::MAX;
-
 /// Tries of SET_EXPIRIES while claims come and go.
 const SET_EXPIRY_TRIES: usize = 5;
 
@@ -630,6 +630,8 @@ if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('RENAME', KEYS[1], KEYS[4]
 if redis.call('EXISTS', KEYS[2]) == 1 then redis.call('RENAME', KEYS[2], KEYS[5]); made = 1 end
 if made == 1 then redis.call('ZADD', KEYS[3], now + lease, ARGV[3]) end
 if made == 1 and redis.call('EXISTS', KEYS[6]) == 1 then redis.call('INCR', KEYS[6]) end
+for _, id in ipairs(stale) do redis.call('HSET', KEYS[7], id, ARGV[4]) end
+if made == 1 then redis.call('HSET', KEYS[7], ARGV[3], ARGV[4]) end
 return {stale, made}
 "#,
     )
@@ -678,15 +680,16 @@ return 0
 /// How a split is marked in a claim's set of done batches (whose other members are indices).
 const SPLIT_MARK: &str = "s:";
 
-// KEYS: claims, urls, overflow, claim urls, claim overflow, claim plan, claim done. ARGV: id, most wildcards, lease.
-// Tracks a claim's URLs and wildcards again (a URL tracked meanwhile keeps the later expiry; the wildcards within their
-// bound, as PUT_OVERFLOW keeps it) and drops the claim, unless it has a plan: then it is released. Does nothing unless
-// the claim's lease is the one given (another sender took it over since), or none is given. Returns 1 when given back.
+// KEYS: claims, urls, overflow, claim urls, claim overflow, claim plan, claim done, holders. ARGV: id, most wildcards,
+// holder. Tracks a claim's URLs and wildcards again (a URL tracked meanwhile keeps the later expiry; the wildcards
+// within their bound, as PUT_OVERFLOW keeps it) and drops the claim, unless it has a plan: then it is released. Does
+// nothing when another sender holds the claim now (it resumed it since). Returns 1 when given back.
 static GIVE_BACK: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-local lease = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not lease or (ARGV[3] ~= '' and tonumber(lease) ~= tonumber(ARGV[3])) then return 0 end
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+local holder = redis.call('HGET', KEYS[8], ARGV[1])
+if holder and holder ~= ARGV[3] then return 0 end
 if redis.call('EXISTS', KEYS[6]) == 1 then redis.call('ZADD', KEYS[1], 'XX', 0, ARGV[1]); return 0 end
 if redis.call('EXISTS', KEYS[4]) == 1 then
   redis.call('ZUNIONSTORE', KEYS[2], 2, KEYS[2], KEYS[4], 'AGGREGATE', 'MAX')
@@ -698,18 +701,20 @@ for _, w in ipairs(redis.call('SMEMBERS', KEYS[5])) do
 end
 redis.call('DEL', KEYS[4], KEYS[5], KEYS[7])
 redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[8], ARGV[1])
 return 1
 "#,
     )
 });
 
-// KEYS: claims. ARGV: id, new deadline (0 to release), lease. Changes the lease of a claim that still exists and is
-// still leased as given (or when none is given): not one another sender took over since. Returns 1 when changed.
+// KEYS: claims, holders. ARGV: id, new deadline (0 to release), holder. Changes the lease of a claim that still exists,
+// unless another sender holds it now (it resumed it since). Returns 1 when changed.
 static RENEW: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-local lease = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not lease or (ARGV[3] ~= '' and tonumber(lease) ~= tonumber(ARGV[3])) then return 0 end
+if not redis.call('ZSCORE', KEYS[1], ARGV[1]) then return 0 end
+local holder = redis.call('HGET', KEYS[2], ARGV[1])
+if holder and holder ~= ARGV[3] then return 0 end
 redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
 return 1
 "#,
@@ -725,10 +730,10 @@ pub struct RedisStore {
     keys: Keys,
     conn: Mutex<Option<Conn>>,
     known: Mutex<Known>,
-    /// The lease this store last gave each claim a send of it holds: a renewal, release or give-back changes a claim
-    /// only while its lease is still that one, so a sender that stalled past its lease (a long pause, a frozen VM)
+    /// Who this store is, as the holder of the claims it makes or resumes: a renewal, release or give-back changes a
+    /// claim only while this store holds it, so a sender that stalled past its lease (a long pause, a frozen VM)
     /// leaves alone a claim another sender resumed since.
-    leases: Mutex<HashMap<String, u64>>,
+    holder: String,
 }
 
 /// A generation for PUT to start from when the key is missing (a new or emptied Redis): random, so that it differs
@@ -802,43 +807,22 @@ impl RedisStore {
             shown: shown.into(),
             conn: Mutex::new(None),
             known: Mutex::new(Known::default()),
-            leases: Mutex::new(HashMap::new()),
+            holder: new_claim_id(),
         })
     }
 
-    fn leases_lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
-        self.leases
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// The lease this store gave a claim, as the scripts take it ('' when it gave none: the claim is not checked).
-    fn lease_of(&self, claim_id: &str) -> String {
-        self.leases_lock()
-            .get(claim_id)
-            .map(u64::to_string)
-            .unwrap_or_default()
-    }
-
-    /// Gives a claim the lease `until` (0: run out), unless another sender took it over since this store leased it.
+    /// Gives a claim the lease `until` (0: run out), unless another sender holds it now.
     async fn set_lease(&self, claim_id: &str, until: u64) -> Result<()> {
         self.located(async {
             let mut con = self.conn().await?;
-            let changed: i64 = RENEW
+            RENEW
                 .key(&self.keys.claims)
+                .key(&self.keys.holders)
                 .arg(claim_id)
                 .arg(until)
-                .arg(self.lease_of(claim_id))
-                .invoke_async(&mut con)
+                .arg(&self.holder)
+                .invoke_async::<i64>(&mut con)
                 .await?;
-            let mut leases = self.leases_lock();
-            if until == 0 {
-                // Released: this sender is done with the claim.
-                leases.remove(claim_id);
-            } else {
-                // Taken over: no later renewal, release or give-back of this sender's may change it.
-                leases.insert(claim_id.to_owned(), if changed == 1 { until } else { LOST });
-            }
             Ok(())
         })
         .await
@@ -1236,17 +1220,13 @@ impl Store for RedisStore {
                 .key(self.keys.claim(&id, "urls"))
                 .key(self.keys.claim(&id, "overflow"))
                 .key(&self.keys.gen)
+                .key(&self.keys.holders)
                 .arg(now)
                 .arg(lease_ms)
                 .arg(&id)
+                .arg(&self.holder)
                 .invoke_async(&mut con)
                 .await?;
-            {
-                let mut leases = self.leases_lock();
-                for claimed in stale.iter().chain((made == 1).then_some(&id)) {
-                    leases.insert(claimed.clone(), now + lease_ms);
-                }
-            }
             let mut claims = Vec::with_capacity(stale.len() + 1);
             for old in stale {
                 claims.push(self.read_claim(&mut con, &old, true).await?);
@@ -1360,12 +1340,12 @@ impl Store for RedisStore {
                 .key(self.keys.claim(claim_id, "overflow"))
                 .key(self.keys.claim(claim_id, "plan"))
                 .key(self.keys.claim(claim_id, "done"))
+                .key(&self.keys.holders)
                 .arg(claim_id)
                 .arg(MAX_OVERFLOW_WILDCARDS)
-                .arg(self.lease_of(claim_id))
+                .arg(&self.holder)
                 .invoke_async::<i64>(&mut con)
                 .await?;
-            self.leases_lock().remove(claim_id);
             Ok(())
         })
         .await
@@ -1383,9 +1363,9 @@ impl Store for RedisStore {
                     self.keys.claim(claim_id, "plan"),
                     self.keys.claim(claim_id, "done"),
                 ])
+                .hdel(&self.keys.holders, claim_id)
                 .query_async::<()>(&mut con)
                 .await?;
-            self.leases_lock().remove(claim_id);
             Ok(())
         })
         .await
