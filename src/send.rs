@@ -388,7 +388,7 @@ enum BatchOutcome {
     /// CloudFront accepted the batch: `(invalidation id, CallerReference)` of each request (several when it was
     /// split), the paths it refused as invalid, dropped so they cannot block the rest forever, and how many of its
     /// paths CloudFront answered with an invalidation made before this send (an earlier try had reached it, and was
-    /// billed then); when the batch was split and only some parts were made before, the paths of those made now.
+    /// billed then), and the paths of the parts of a split batch made now.
     Accepted {
         created: Vec<(String, String)>,
         refused: Vec<String>,
@@ -481,7 +481,8 @@ impl Sender<'_> {
     async fn send_batch(
         &mut self,
         claim_id: &str,
-        (index, paths): (usize, &[String]),
+        index: usize,
+        paths: &[String],
         splits: &BTreeSet<String>,
         retries: &mut u32,
     ) -> BatchOutcome {
@@ -593,11 +594,7 @@ impl Sender<'_> {
             created: accepted,
             refused,
             made_before,
-            parts_made_now: if made_before == 0 {
-                Vec::new()
-            } else {
-                parts_made_now
-            },
+            parts_made_now,
         }
     }
 
@@ -681,7 +678,7 @@ impl Sender<'_> {
                     batch.paths.len()
                 ));
                 match self
-                    .send_batch(&id, (index, &batch.paths), &splits, &mut entry.retries)
+                    .send_batch(&id, index, &batch.paths, &splits, &mut entry.retries)
                     .await
                 {
                     BatchOutcome::Accepted {
