@@ -95,7 +95,7 @@ describe('cli configuration', () => {
     const cli = parseCli(['send', '--prefix', 'site', '--batch-size', '500', '--query-strings', 'wildcard'], env)
     assert.deepEqual(cli.options, {
       cf: { dist: 'EENV', endpoint: 'http://cf:2', access_key: env.AWS_ACCESS_KEY, secret_key: env.AWS_SECRET_KEY },
-      redis: { url: 'redis://togo:3', prefix: 'site' },
+      redis: { REDIS_URL: 'redis://togo:3', prefix: 'site' },
       batchSize: 500,
       queryStrings: 'wildcard'
     })
@@ -275,6 +275,24 @@ describe('cli against Redis and moto', () => {
     assert.equal(JSON.parse(r.stdout).paths, 2)
     assert.ok((await received()).includes('/stdin/2'))
     assert.ok(!r.stdout.includes(original.AWS_SECRET_KEY) && !r.stderr.includes(original.AWS_SECRET_KEY))
+  })
+
+  test('REDISTOGO_URL with its user name works against a Redis with a password, as with the original', async () => {
+    const secured = await startRedis({ password: 's3cret' })
+    try {
+      const togo = { ...env, REDIS_URL: undefined, REDISTOGO_URL: `redis://redistogo:s3cret@127.0.0.1:${new URL(secured.url).port}/` }
+      delete togo.REDIS_URL
+      const t = await run(['track', '/togo'], togo)
+      assert.equal(t.code, 0, t.stderr)
+      assert.deepEqual(await secured.client.command('ZRANGE', '{cfit}:urls', 0, -1), ['/togo'])
+      // Given as --redis (or REDIS_URL), a user name is an ACL user, as in any Redis URL.
+      const asFlag = await run(['track', '/flag', '--redis', togo.REDISTOGO_URL], togo)
+      assert.equal(asFlag.code, 1)
+      assert.match(asFlag.stderr, /AuthenticationFailed/)
+      assert.ok(!asFlag.stderr.includes('s3cret'))
+    } finally {
+      await secured.stop()
+    }
   })
 
   test('distributions and distributions --origin', async () => {

@@ -260,7 +260,11 @@ function parseCli (argv, env) {
   let tlsFiles
   if (spec.store) {
     if (!redisUrl) throw new UsageError('no store: set REDIS_URL (or REDISTOGO_URL) or pass --redis')
-    options.redis = sentinel ? { sentinel: sentinelOf(sentinel, redisUrl) } : { url: redisUrl }
+    // REDISTOGO_URL is the original's: given as its `REDIS_URL` option, so that its user name is dropped as it was.
+    const redisToGo = nonEmpty(values.redis) === undefined && nonEmpty(env.REDIS_URL) === undefined
+    options.redis = sentinel
+      ? { sentinel: sentinelOf(sentinel, redisUrl) }
+      : redisToGo ? { REDIS_URL: redisUrl } : { url: redisUrl }
     if (sentinel && nonEmpty(env.REDIS_PASSWORD)) options.redis.password = env.REDIS_PASSWORD
     if (values.prefix !== undefined) options.redis.prefix = values.prefix
     if (values['redis-cluster'] === true || envFlag(env, 'REDIS_CLUSTER')) options.redis.cluster = true
