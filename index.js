@@ -54,27 +54,15 @@ function checkTtl (ttl, name = 'ttlInSec') {
   if (!Number.isFinite(ttl) || ttl < 0) throw argValue(name, 'must be a finite number >= 0', ttl)
 }
 
-const TRACK_OPTIONS = ['ttl', 'wildcard']
-
-/** The options object of `storeUrl`: a plain object naming only what it takes, so that a misspelt TTL is not lost. */
-function checkCallOptions (options) {
-  const proto = Object.getPrototypeOf(options)
-  if (Array.isArray(options) || (proto !== Object.prototype && proto !== null)) {
-    throw argType('options', 'a number of seconds or an object { ttl, wildcard }', options)
-  }
-  const unknown = Object.keys(options).filter((k) => !TRACK_OPTIONS.includes(k))
-  if (unknown.length > 0) throw argValue('options', `has no option ${unknown.join(', ')} (it takes ttl and wildcard)`, options)
-}
-
-/** The `wildcard` of removeUrl's options, which take nothing else. */
-function removeOptions (options) {
+/**
+ * Checks a call's options object: a plain object naming only what the call takes (`known`), so that a misspelt
+ * option is not lost; `expected` says what it takes.
+ */
+function checkCallOptions (options, known, expected) {
   const proto = options === null || typeof options !== 'object' ? undefined : Object.getPrototypeOf(options)
-  if (Array.isArray(options) || (proto !== Object.prototype && proto !== null)) {
-    throw argType('options', 'an object { wildcard }', options)
-  }
-  const unknown = Object.keys(options).filter((k) => k !== 'wildcard')
-  if (unknown.length > 0) throw argValue('options', `has no option ${unknown.join(', ')} (it takes wildcard)`, options)
-  return optBoolean(options, 'wildcard', false, 'options')
+  if (Array.isArray(options) || (proto !== Object.prototype && proto !== null)) throw argType('options', expected, options)
+  const unknown = Object.keys(options).filter((k) => !known.includes(k))
+  if (unknown.length > 0) throw argValue('options', `has no option ${unknown.join(', ')} (it takes ${known.join(' and ')})`, options)
 }
 
 /**
@@ -200,7 +188,7 @@ class Tracker {
       let wildcard = false
       if (ttlInSec !== undefined && ttlInSec !== null) {
         if (typeof ttlInSec === 'object') {
-          checkCallOptions(ttlInSec)
+          checkCallOptions(ttlInSec, ['ttl', 'wildcard'], 'a number of seconds or an object { ttl, wildcard }')
           ttl = ttlInSec.ttl ?? undefined
           wildcard = optBoolean(ttlInSec, 'wildcard', false, 'options')
           if (ttl !== undefined) checkTtl(ttl, 'options.ttl')
@@ -364,7 +352,8 @@ class Tracker {
     if (options === undefined) return this._removal(url)
     return this._buffered('removeUrl', () => {
       checkUrl(url)
-      const wildcard = removeOptions(options)
+      checkCallOptions(options, ['wildcard'], 'an object { wildcard }')
+      const wildcard = optBoolean(options, 'wildcard', false, 'options')
       return this._native.remove(url, wildcard)
     })
   }

@@ -74,12 +74,16 @@ const OTHER_NAMES = { database: 'db', dbnumber: 'db', pass: 'password', user: 'u
 // The options `middleware()` takes. Given to the tracker instead, each is pointed there.
 const MIDDLEWARE_OPTIONS = ['methods', 'statuses', 'ttl', 'filter', 'removeOn404', 'onlyCloudFront']
 
+/** An option name as its misspellings often share it: lower case, without `_` and `-`. */
+function squash (name) {
+  return name.toLowerCase().replace(/[_-]/g, '')
+}
+
 /**
  * Warnings for the names in `object` that `where` does not take (`known`, or those listed for it), each with the
  * known name it most likely meant; at the top level, a middleware option is pointed to `middleware()`.
  */
 function unknownOptions (object, where, known = KNOWN_OPTIONS[where]) {
-  const squash = (name) => name.toLowerCase().replace(/[_-]/g, '')
   return Object.keys(object).filter((k) => !known.includes(k)).map((k) => {
     const meant = known.find((name) => squash(name) === squash(k) || name === OTHER_NAMES[squash(k)])
     const forMiddleware = where === 'options' && !meant && MIDDLEWARE_OPTIONS.find((name) => squash(name) === squash(k))
@@ -427,5 +431,5 @@ function parseOptions (options, env = process.env) {
 }
 
 module.exports = {
-  parseOptions, redisUrl, optBoolean, unknownOptions, knownOnly, KNOWN_OPTIONS, MIDDLEWARE_OPTIONS, MISSING_CF, MAX_URL_LENGTH
+  parseOptions, redisUrl, optBoolean, unknownOptions, squash, knownOnly, KNOWN_OPTIONS, MIDDLEWARE_OPTIONS, MISSING_CF, MAX_URL_LENGTH
 }

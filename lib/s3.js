@@ -6,7 +6,7 @@
 
 const crypto = require('node:crypto')
 const { argType, argValue } = require('./errors')
-const { KNOWN_OPTIONS, knownOnly, optBoolean, unknownOptions } = require('./options')
+const { KNOWN_OPTIONS, knownOnly, optBoolean, squash, unknownOptions } = require('./options')
 
 /** The distribution id the lookup tracker is built with: listing distributions does not use it. */
 const LOOKUP_DIST = 'LOOKUP'
@@ -37,7 +37,6 @@ function editDistance (a, b) {
  * `-` ignored, is at most one edit from `wait` or two from `dryrun`.
  */
 function refuseMisspeltSendOptions (options, known) {
-  const squash = (name) => name.toLowerCase().replace(/[_-]/g, '')
   for (const k of Object.keys(options)) {
     if (known.includes(k)) continue
     const meant = SEND_OPTIONS.find((name) => editDistance(squash(k), squash(name)) <= (name === 'wait' ? 1 : 2))
